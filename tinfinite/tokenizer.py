@@ -1,0 +1,287 @@
+"""Text <-> token ids for a Hugging Face model folder, its chat template, and streaming decode.
+
+Two backends, chosen by which file the folder has: `tokenizer.json` (the `tokenizers`
+library, e.g. byte-level BPE) or `tokenizer.model` (sentencepiece). Both are plain data
+formats; nothing here unpickles anything. The special-token facts (BOS, EOS, whether to
+add BOS) live in the JSON files next to them and are read here, so the engine only ever
+sees ids.
+"""
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+import sentencepiece
+import tokenizers
+
+from tinfinite.errors import UserError
+
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for bytes that are not (yet) valid UTF-8
+
+
+def _read_json(path: Path) -> dict:
+    """The file's JSON object, or {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or re-download it") from None
+
+
+def _token_text(token) -> str | None:
+    """tokenizer_config.json writes special tokens as "<s>" or as {"content": "<s>", ...}."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+class _HFBackend:
+    """tokenizer.json through the `tokenizers` library."""
+
+    def __init__(self, path: Path):
+        try:
+            self.tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # the library raises a bare Exception for bad files
+            raise UserError(f"{path} cannot be read as a tokenizer ({e}); re-download it") from None
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        # Special tokens written in the text (e.g. "<|im_start|>" from a chat template) are
+        # matched by the library; the post-processor is off because BOS is added by Tokenizer.
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.tok.id_to_token(token_id)
+
+    def post_processor_adds(self, token_id: int) -> bool:
+        """Whether the file's post-processor puts token_id in front of every encoding."""
+        with_specials = self.tok.encode("a", add_special_tokens=True).ids
+        without = self.tok.encode("a", add_special_tokens=False).ids
+        return with_specials[:1] == [token_id] and without[:1] != [token_id]
+
+
+class _SPBackend:
+    """tokenizer.model through `sentencepiece` (a protobuf, not a pickle)."""
+
+    def __init__(self, path: Path):
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{path} cannot be read as a sentencepiece model ({e}); re-download it") from None
+        self.vocab_size = self.sp.get_piece_size()
+        # sentencepiece would spell "<s>" in a chat prompt as '<', 's', '>': split the text on
+        # the control pieces first, as Hugging Face's slow Llama tokenizer does.
+        controls = [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
+        controls.sort(key=len, reverse=True)  # longest first, so "</s>" wins over a prefix
+        self.specials = {piece: self.sp.piece_to_id(piece) for piece in controls}
+        self.split = re.compile("(" + "|".join(map(re.escape, controls)) + ")") if controls else None
+
+    def encode(self, text: str) -> list[int]:
+        parts = self.split.split(text) if self.split else [text]
+        ids = []
+        for part in parts:
+            if part in self.specials:
+                ids.append(self.specials[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        # Control pieces (BOS/EOS) decode to "". Ids past the vocabulary (a model's padded
+        # embedding rows) would make sentencepiece raise, so they are dropped like specials.
+        return self.sp.decode([i for i in ids if 0 <= i < self.vocab_size])
+
+    def token_to_id(self, token: str) -> int | None:
+        token_id = self.sp.piece_to_id(token)
+        # piece_to_id answers the <unk> id for any piece it does not know.
+        return token_id if self.sp.id_to_piece(token_id) == token else None
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
+
+
+def _raise_exception(message):
+    # Templates call this to refuse a conversation (e.g. roles that do not alternate).
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # Jinja's own tojson HTML-escapes; chat templates expect plain JSON, as in transformers.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    # Llama 3.x templates print today's date in their system prompt.
+    return datetime.now().strftime(fmt)
+
+
+def _chat_template(folder: Path, tok_config: dict) -> tuple[str | None, Path]:
+    """The folder's chat template text (None if it has none) and the file it came from."""
+    jinja_file = folder / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8"), jinja_file
+    template = tok_config.get("chat_template")
+    source = folder / "tokenizer_config.json"
+    if isinstance(template, list):  # several named templates: plain chat uses "default"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return (template if isinstance(template, str) else None), source
+
+
+class Tokenizer:
+    """A model folder's tokenizer: encode/decode, special ids, and its chat template."""
+
+    def __init__(self, backend, folder: Path, bos_id: int | None, eos_ids: list[int],
+                 add_bos: bool, bos_token: str, eos_token: str,
+                 chat_template: str | None, template_source: Path):
+        self.backend = backend
+        self.folder = folder
+        self.bos_id = bos_id
+        self.eos_ids = eos_ids
+        self.add_bos = add_bos
+        self.vocab_size = backend.vocab_size
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.chat_template = chat_template
+        self.template_source = template_source
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+        folder = Path(folder)
+        if (folder / "tokenizer.json").is_file():
+            backend = _HFBackend(folder / "tokenizer.json")
+        elif (folder / "tokenizer.model").is_file():
+            backend = _SPBackend(folder / "tokenizer.model")
+        else:
+            raise UserError(f"{folder} has no tokenizer.json or tokenizer.model; "
+                            "copy the model's tokenizer files into it")
+        tok_config = _read_json(folder / "tokenizer_config.json")
+        config = _read_json(folder / "config.json")
+        gen_config = _read_json(folder / "generation_config.json")
+        is_sp = isinstance(backend, _SPBackend)
+
+        # BOS: the named token of tokenizer_config.json, else the ids of the model configs.
+        bos_text = _token_text(tok_config.get("bos_token"))
+        bos_id = backend.token_to_id(bos_text) if bos_text else None
+        for fallback in (config.get("bos_token_id"), gen_config.get("bos_token_id")):
+            if bos_id is None and isinstance(fallback, int):
+                bos_id = fallback
+        if bos_id is None and is_sp and backend.sp.bos_id() >= 0:
+            bos_id = backend.sp.bos_id()
+
+        # EOS: every id any file names, since chat models often end turns on a second token
+        # (e.g. <|eot_id|> besides <|end_of_text|>) listed only in generation_config.json.
+        eos_ids = _as_list(gen_config.get("eos_token_id")) + _as_list(config.get("eos_token_id"))
+        eos_text = _token_text(tok_config.get("eos_token"))
+        if eos_text and backend.token_to_id(eos_text) is not None:
+            eos_ids.append(backend.token_to_id(eos_text))
+        if not eos_ids and is_sp and backend.sp.eos_id() >= 0:
+            eos_ids.append(backend.sp.eos_id())
+        eos_ids = list(dict.fromkeys(i for i in eos_ids if isinstance(i, int)))
+
+        if "add_bos_token" in tok_config:
+            add_bos = bool(tok_config["add_bos_token"])
+        elif is_sp:
+            add_bos = True  # what sentencepiece Llamas were trained with
+        else:
+            add_bos = bos_id is not None and backend.post_processor_adds(bos_id)
+        add_bos = add_bos and bos_id is not None
+
+        template, source = _chat_template(folder, tok_config)
+        return cls(backend, folder, bos_id, eos_ids, add_bos,
+                   bos_token=bos_text or cls._name_of(backend, bos_id),
+                   eos_token=eos_text or cls._name_of(backend, eos_ids[0] if eos_ids else None),
+                   chat_template=template, template_source=source)
+
+    @staticmethod
+    def _name_of(backend, token_id: int | None) -> str:
+        return (backend.id_to_token(token_id) or "") if token_id is not None else ""
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of text; BOS in front if asked (default: the folder's choice), never twice."""
+        ids = self.backend.encode(text)
+        add_bos = self.add_bos if add_bos is None else add_bos
+        # A chat template usually writes the BOS text itself; the backend has already
+        # turned it into the BOS id, so adding another would give the model "<s><s>".
+        if add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids, special tokens left out."""
+        return self.backend.decode(list(ids))
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The folder's chat template rendered for messages ([{"role": ..., "content": ...}])."""
+        if self.chat_template is None:
+            raise UserError(f"the model in {self.folder} has no chat template "
+                            "(no chat_template.jinja or tokenizer_config.json chat_template); drop --chat")
+        # The template is untrusted input from the model folder: render it sandboxed.
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token, eos_token=self.eos_token)
+        except jinja2.TemplateError as e:
+            raise UserError(f"chat template in {self.template_source} failed: {e}; "
+                            "check the messages or fix the template") from None
+
+
+class StreamDecoder:
+    """Turns a stream of token ids into text pieces without ever emitting broken UTF-8.
+
+    Decoding tokens one at a time is wrong twice over: a byte-level BPE token can hold half
+    of an emoji (the decoder prints U+FFFD for it), and a sentencepiece decoder drops the
+    "▁" space of whatever token comes first. So each step decodes a small window that starts
+    with the last printed tokens, and prints only what the new tokens added to its text;
+    text that still ends in U+FFFD waits for the bytes that complete it. The window is cut
+    after every print, so each token costs O(1) amortised, whatever the length of the stream.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.window: list[int] = []  # [already printed context | not yet printed]
+        self.printed = 0             # window[:printed] is the context
+        self.printed_text = ""       # decode(window[:printed])
+
+    def push(self, token_id: int) -> str:
+        """New printable text after token_id (maybe "")."""
+        self.window.append(token_id)
+        text = self.tokenizer.decode(self.window)
+        if len(text) <= len(self.printed_text) or text.endswith(REPLACEMENT_CHAR):
+            return ""  # a special token, or a character still split across tokens
+        new = text[len(self.printed_text):]
+        # The tokens just printed become the context for the next ones.
+        self.window = self.window[self.printed:]
+        self.printed = len(self.window)
+        self.printed_text = self.tokenizer.decode(self.window)
+        return new
+
+    def flush(self) -> str:
+        """Whatever remains at the end of the stream (bytes that never completed included)."""
+        new = self.tokenizer.decode(self.window)[len(self.printed_text):]
+        self.window, self.printed, self.printed_text = [], 0, ""
+        return new

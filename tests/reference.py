@@ -1,0 +1,60 @@
+"""A naive float64 Llama with LM-Infinite attention, written from the rule, not from the engine.
+
+Explicit loops over queries, the visibility rule of DESIGN.md §2 spelled out per key, RoPE as
+rotations of (x[k], x[k + hd/2]) pairs at float64 angles. Slow and obviously right.
+"""
+import math
+
+import torch
+
+
+def rope_rotate(x: torch.Tensor, dist: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate each row x[r] (R, hd) by the angle dist[r] * inv_freq (rotate-half pairs)."""
+    half = x.shape[-1] // 2
+    a = dist.double()[:, None] * inv_freq[None, :]             # (R, hd/2)
+    x1, x2 = x[:, :half], x[:, half:]
+    return torch.cat([x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()], dim=-1)
+
+
+def visible(i: int, j: int, n_global: int, n_local: int) -> bool:
+    d = i - j
+    return 0 <= d < n_local or (0 <= d and j < n_global)
+
+
+def reference_logits(state: dict, cfg: dict, ids: list[int], n_global: int, n_local: int,
+                     ceiling: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """(T, vocab) float64 logits of every position of ids, under the Λ rule."""
+    W = {k: v.double() for k, v in state.items()}
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = cfg["hidden_size"]
+    hd = cfg.get("head_dim") or D // H
+    eps = cfg["rms_norm_eps"]
+    T = len(ids)
+
+    def norm(x, w):
+        return w * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+
+    x = W["model.embed_tokens.weight"][ids]                    # (T, D)
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        h = norm(x, W[p + "input_layernorm.weight"])
+        q = (h @ W[p + "self_attn.q_proj.weight"].T).view(T, H, hd)
+        k = (h @ W[p + "self_attn.k_proj.weight"].T).view(T, Hkv, hd)
+        v = (h @ W[p + "self_attn.v_proj.weight"].T).view(T, Hkv, hd)
+        out = torch.zeros(T, H, hd, dtype=torch.float64)
+        for head in range(H):
+            kv = head // (H // Hkv)                            # grouped-query sharing
+            for i in range(T):
+                js = [j for j in range(i + 1) if visible(i, j, n_global, n_local)]
+                dist = torch.tensor([min(i - j, ceiling) for j in js])
+                # score(i, j) = <rot(q_i, min(d, ceiling)), k_j>, k_j un-rotated
+                qr = rope_rotate(q[i, head].expand(len(js), hd), dist, inv_freq)
+                scores = (qr * k[js, kv]).sum(-1) / math.sqrt(hd)
+                out[i, head] = torch.softmax(scores, 0) @ v[js, kv]
+        x = x + out.reshape(T, H * hd) @ W[p + "self_attn.o_proj.weight"].T
+        h = norm(x, W[p + "post_attention_layernorm.weight"])
+        gate = h @ W[p + "mlp.gate_proj.weight"].T
+        x = x + ((gate * torch.sigmoid(gate)) * (h @ W[p + "mlp.up_proj.weight"].T)) \
+            @ W[p + "mlp.down_proj.weight"].T
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    return norm(x, W["model.norm.weight"]) @ head.T

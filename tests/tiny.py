@@ -1,0 +1,59 @@
+"""Tiny random Llama folders for tests: config.json + safetensors, made in a temp dir."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tinfinite.checkpoint import checkpoint_name
+from tinfinite.config import config_from_dict
+from tinfinite.model import Llama
+
+
+def tiny_config(**over) -> dict:
+    cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=96,
+               hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+               torch_dtype="float32", bos_token_id=1, eos_token_id=2)
+    cfg.update(over)
+    return cfg
+
+
+def random_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Checkpoint-named random tensors; norms away from 1 so they are really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = Llama(config_from_dict(cfg))
+    state = {}
+    for name, p in model.named_parameters():
+        scale = 0.3 if "norm" not in name else 1.0
+        t = torch.randn(p.shape, generator=g) * scale
+        if "norm" in name:
+            t = 1 + 0.2 * t
+        state[checkpoint_name(name)] = t
+    return state
+
+
+def make_tiny_model(folder: Path, shards: int = 1, dtype=torch.float32, seed: int = 0,
+                    **over) -> dict[str, torch.Tensor]:
+    """Write a tiny random Llama to folder; return its float32 tensors by checkpoint name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(**over)
+    state = random_state(cfg, seed)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    stored = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    if shards == 1:
+        save_file(stored, str(folder / "model.safetensors"))
+    else:
+        names = sorted(stored)
+        weight_map = {}
+        for s in range(shards):
+            file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = names[s::shards]
+            save_file({n: stored[n] for n in part}, str(folder / file))
+            weight_map.update({n: file for n in part})
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return state

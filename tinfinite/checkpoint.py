@@ -1,0 +1,104 @@
+"""Load a Hugging Face Llama folder: config.json + safetensors (single or sharded) -> Llama.
+
+Strict: every tensor the model needs must be there with its exact shape, and nothing else.
+Only safetensors are read; a model folder is untrusted input, so pickle is never touched.
+Weights go one tensor at a time from the file to their final dtype and device, so loading
+peaks near the model's final size.
+"""
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from tinfinite.config import ModelConfig, load_config
+from tinfinite.errors import UserError
+from tinfinite.model import Llama
+
+DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+INDEX = "model.safetensors.index.json"
+
+
+def checkpoint_name(param: str) -> str:
+    """The one name table: module parameter -> checkpoint tensor name."""
+    return param if param == "lm_head.weight" else "model." + param
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> Llama:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: model folder not found; pass --model DIR with a Hugging Face "
+                        f"Llama folder (config.json, *.safetensors, tokenizer)")
+    cfg = load_config(folder)
+    files = safetensors_files(folder)
+
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    params = dict(model.named_parameters())
+    want = {checkpoint_name(p): p for p in params}
+
+    seen = set()
+    for file, names in files.items():
+        for name, tensor in _read(file, names, cfg, want, params):
+            params[want[name]].data.copy_(tensor)
+            seen.add(name)
+    missing = sorted(set(want) - seen)
+    if missing:
+        raise UserError(f"{folder}: tensor {missing[0]} is missing"
+                        f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                        f"the checkpoint does not match its config.json")
+    return model.eval()
+
+
+def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
+    """{file: the tensor names the index assigns to it, or None for "all of them"}."""
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{index}: not a valid safetensors index ({e}); re-download it")
+        files: dict[Path, list[str]] = {}
+        for name, file in weight_map.items():
+            files.setdefault(folder / file, []).append(name)
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{f}: listed in {INDEX} but not found; re-download the model")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return {single: None}
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise UserError(f"{folder}: only pickle weights (*.bin/*.pt) found; tinfinite reads "
+                        f"safetensors only (convert them, or download the safetensors version)")
+    raise UserError(f"{folder}: no model.safetensors or {INDEX}; the model folder is incomplete")
+
+
+def _read(file: Path, names, cfg: ModelConfig, want: dict, params: dict):
+    """Yield (name, tensor) from one safetensors file, checking names, shapes and dtypes."""
+    try:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            if names is not None and set(names) - set(keys):
+                raise UserError(f"{file}: tensor {sorted(set(names) - set(keys))[0]} listed in "
+                                f"{INDEX} is not in this file; re-download the model")
+            for name in keys:
+                if name not in want:
+                    raise UserError(f"{file}: unexpected tensor {name}; not part of a Llama "
+                                    f"with this config.json (tie_word_embeddings="
+                                    f"{str(cfg.tie_embeddings).lower()})")
+                sl = f.get_slice(name)
+                shape, expected = list(sl.get_shape()), list(params[want[name]].shape)
+                if shape != expected:
+                    raise UserError(f"{file}: tensor {name} has shape {shape}, config.json "
+                                    f"implies {expected}")
+                if sl.get_dtype() not in DTYPES:
+                    raise UserError(f"{file}: tensor {name} has dtype {sl.get_dtype()}; supported: "
+                                    f"float32, bfloat16, float16")
+                yield name, f.get_tensor(name)
+    except SafetensorError as e:
+        raise UserError(f"{file}: not a valid safetensors file ({e}); re-download it")
+    except OSError as e:
+        raise UserError(f"{file}: cannot read ({e})")

@@ -1,0 +1,123 @@
+"""The Llama network: embeddings, N x (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP), head.
+
+Parameter names follow the Hugging Face checkpoint minus its "model." prefix, so the
+loader's name table (checkpoint.py) stays one line. Shapes: B batch, T tokens in this call,
+D = dim, H query heads, Hkv key/value heads, hd = head_dim, S visible cache slots.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinfinite import rope
+from tinfinite.attention import attend, lambda_mask
+from tinfinite.cache import KVCache
+from tinfinite.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32, as the reference
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.H, self.Hkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, self.H * self.hd, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, self.Hkv * self.hd, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, self.Hkv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.H * self.hd, cfg.dim, bias=False)
+
+    def forward(self, x, layer: int, cache: KVCache, step: "Step"):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.H, self.hd).transpose(1, 2)     # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.Hkv, self.hd).transpose(1, 2)   # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.Hkv, self.hd).transpose(1, 2)   # (B, Hkv, T, hd)
+        cache.write(layer, rope.rotate(k, step.cos, step.sin), k, v)
+        q_ceil = rope.rotate(q, step.cos_ceil, step.sin_ceil) if step.far else None
+        keys, values = cache.visible(layer, step.far)                      # (B, Hkv, S, ...)
+        y = attend(rope.rotate(q, step.cos, step.sin), q_ceil, keys, values, step.mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, layer, cache, step):
+        x = x + self.self_attn(self.input_layernorm(x), layer, cache, step)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Step:
+    """What every layer of one forward call shares: rotations and the mask."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, ceiling: int, dtype):
+        dev = cache.pos.device
+        self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
+        # Some query is n_local or more past token 0: starting tokens are seen at the ceiling.
+        self.far = cache.widened and cache.next_pos - 1 >= cache.n_local
+        if self.far:
+            c = torch.tensor([ceiling], dtype=torch.int64)
+            self.cos_ceil, self.sin_ceil = rope.cos_sin(c, inv_freq, dtype, dev)  # (1, hd)
+        k_pos = cache.visible_positions(self.far)                              # (S,)
+        self.mask = lambda_mask(positions, k_pos, cache.n_global if self.far else 0,
+                                cache.n_local)                                 # (T, S)
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # float64 on the CPU, deliberately not module state: .to(dtype) must never round it,
+        # and some devices (mps) have no float64. Only the small cos/sin tables move.
+        self.inv_freq = rope.inverse_frequencies(cfg)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: (..., D) -> (..., vocab) logits."""
+        w = self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
+        return F.linear(self.norm(h), w)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: KVCache, ceiling: int | None = None,
+                last_only: bool = True) -> torch.Tensor:
+        """Run a chunk of tokens (B, T) through the network, appending them to the cache.
+
+        Returns logits (B, vocab) of the last position, or (B, T, vocab) with last_only=False.
+        ceiling: the distance at which starting tokens are seen (default: the window).
+        """
+        T = ids.shape[1]
+        positions = cache.claim(T)
+        step = Step(cache, positions, self.inv_freq, ceiling or cache.n_local,
+                    self.embed_tokens.weight.dtype)
+        x = self.embed_tokens(ids)                                             # (B, T, D)
+        for i, block in enumerate(self.layers):
+            x = block(x, i, cache, step)
+        return self.head(x[:, -1] if last_only else x)

@@ -1,0 +1,205 @@
+"""The Python API: load a model folder once, then generate, stream and score text.
+
+    from tinfinite.engine import Engine
+    llm = Engine.load("weights/SmolLM2-135M-Instruct")
+    for piece in llm.generate("What is the capital of France?", chat=True):
+        print(piece, end="", flush=True)
+    print(llm.score("The sky is blue.").ppl)
+
+The engine knows token ids; the tokenizer knows text. Every call streams its input through
+the same preallocated cache in chunks, so memory does not depend on the input's length.
+"""
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from tinfinite.cache import KVCache
+from tinfinite.checkpoint import load_model
+from tinfinite.errors import UserError
+from tinfinite.model import Llama
+from tinfinite.sampling import sample
+from tinfinite.tokenizer import StreamDecoder, Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("lambda", "full")
+
+
+@dataclass
+class Stats:
+    """Timings of the last generate() call."""
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    new_tokens: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / max(self.prefill_seconds, 1e-9)
+
+    @property
+    def decode_tps(self) -> float:
+        return self.new_tokens / max(self.decode_seconds, 1e-9)
+
+
+@dataclass
+class Score:
+    """Negative log-likelihood of `tokens` predicted tokens (natural log, summed)."""
+    tokens: int
+    nll: float
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+
+def resolve_device(device: str) -> torch.device:
+    name = str(device).split(":")[0]
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: no Apple MPS device is available here; use --device cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: unknown device; use cpu, cuda or mps")
+    return torch.device(device)
+
+
+class Engine:
+    def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int = 10,
+                 n_local: int | None = None, attention: str = "lambda", chunk_size: int = 512):
+        if attention not in ATTENTION:
+            raise UserError(f"--attention {attention}: choose one of {', '.join(ATTENTION)}")
+        for flag, value, least in (("--n-global", n_global, 0), ("--n-local", n_local, 1),
+                                   ("--chunk-size", chunk_size, 1)):
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise UserError(f"{flag} {value}: must be an integer >= {least}")
+        self.model, self.tokenizer = model, tokenizer
+        self.attention = attention
+        # LM-Infinite's defaults (§4): the window is the pre-training length, 10 starting tokens.
+        self.n_local = n_local or model.cfg.max_position_embeddings
+        self.n_global = n_global
+        self.chunk_size = chunk_size
+        self.stats = Stats()
+        self._cache: KVCache | None = None
+
+    @classmethod
+    def load(cls, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
+             **options) -> "Engine":
+        """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size."""
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        dev = resolve_device(device)
+        model = load_model(model_dir, DTYPES[dtype], dev)
+        tokenizer = Tokenizer.from_folder(model_dir)
+        return cls(model, tokenizer, **options)
+
+    @property
+    def cache(self) -> KVCache:
+        """The preallocated cache, made on first use and reused by every call."""
+        if self._cache is None:
+            cfg, w = self.model.cfg, self.model.embed_tokens.weight
+            full = self.attention == "full"
+            self._cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
+                                  n_global=0 if full else self.n_global,
+                                  n_local=None if full else self.n_local,
+                                  max_chunk=self.chunk_size, dtype=w.dtype, device=w.device)
+        return self._cache
+
+    def _tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self.model.embed_tokens.weight.device)
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Stream ids through a fresh cache, chunk by chunk; return the last position's logits."""
+        if not ids:
+            raise UserError("the prompt is empty; give some text")
+        self.cache.reset()
+        for s in range(0, len(ids), self.chunk_size):
+            logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
+        return logits[0]                                                   # (vocab,)
+
+    def generate_ids(self, ids: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     ignore_eos: bool = False) -> Iterator[int]:
+        """Yield new token ids after the prompt ids, until EOS or max_new_tokens."""
+        gen = torch.Generator().manual_seed(seed if seed is not None else
+                                            torch.seed() % (1 << 63))
+        eos = set() if ignore_eos else set(self.tokenizer.eos_ids if self.tokenizer else [])
+        self.stats = stats = Stats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        logits = self.prefill(ids)
+        stats.prefill_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for n in range(max_new_tokens):
+            token = sample(logits, temperature, top_k, top_p, gen)
+            if token in eos:
+                break
+            stats.new_tokens = n + 1
+            stats.decode_seconds = time.perf_counter() - t0
+            yield token
+            if n + 1 < max_new_tokens:
+                logits = self.model(self._tensor([token]), self.cache)[0]
+        stats.decode_seconds = time.perf_counter() - t0
+
+    def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + \
+                       [{"role": "user", "content": prompt}]
+            return self.tokenizer.encode(self.tokenizer.chat_prompt(messages), add_bos=False)
+        return self.tokenizer.encode(prompt)
+
+    def generate(self, prompt: str, *, chat: bool = False, system: str | None = None,
+                 stop: Iterable[str] = (), **sampling) -> Iterator[str]:
+        """Yield the continuation of prompt as text pieces, as they are made.
+
+        sampling: max_new_tokens, temperature, top_k, top_p, seed, ignore_eos.
+        Stops at EOS, after max_new_tokens, or before the first of the `stop` strings.
+        """
+        stops = [s for s in stop if s]
+        decoder = StreamDecoder(self.tokenizer)
+        pending = ""  # text that might still turn out to be the start of a stop string
+        for token in self.generate_ids(self.prompt_ids(prompt, chat, system), **sampling):
+            pending += decoder.push(token)
+            cut = _find_stop(pending, stops)
+            if cut is not None:
+                yield pending[:cut]
+                return
+            keep = _stop_prefix_len(pending, stops)
+            if len(pending) > keep:
+                yield pending[:len(pending) - keep]
+                pending = pending[len(pending) - keep:]
+        pending += decoder.flush()
+        cut = _find_stop(pending, stops)
+        yield pending if cut is None else pending[:cut]
+
+    @torch.inference_mode()
+    def perplexity(self, ids: list[int]) -> Score:
+        """NLL of ids[1:] given what precedes each, streamed chunk by chunk.
+
+        Never holds more than (chunk_size, vocab) logits: each chunk's rows predict the
+        next chunk's first token too.
+        """
+        self.cache.reset()
+        nll, C = 0.0, self.chunk_size
+        for s in range(0, len(ids) - 1, C):
+            logits = self.model(self._tensor(ids[s:s + C]), self.cache, last_only=False)[0]
+            targets = torch.tensor(ids[s + 1:s + C + 1], device=logits.device)    # (<= C,)
+            nll += F.cross_entropy(logits[:len(targets)].float(), targets, reduction="sum").item()
+        return Score(tokens=max(len(ids) - 1, 0), nll=nll)
+
+    def score(self, text: str) -> Score:
+        """Perplexity of text (with the tokenizer's BOS, if it adds one)."""
+        return self.perplexity(self.tokenizer.encode(text))
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest end of text that begins some stop string."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)

@@ -103,6 +103,9 @@ class Engine:
         if self._cache is None:
             cfg, w = self.model.cfg, self.model.embed_tokens.weight
             full = self.attention == "full"
+            if not full:
+                _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
+                                          w.element_size()), w.device, self.n_local)
             self._cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
                                   n_global=0 if full else self.n_global,
                                   n_local=None if full else self.n_local,
@@ -134,6 +137,7 @@ class Engine:
         stats.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         for n in range(max_new_tokens):
+            check_finite(logits)
             token = sample(logits, temperature, top_k, top_p, gen)
             if token in eos:
                 break
@@ -186,6 +190,7 @@ class Engine:
         nll, C = 0.0, self.chunk_size
         for s in range(0, len(ids) - 1, C):
             logits = self.model(self._tensor(ids[s:s + C]), self.cache, last_only=False)[0]
+            check_finite(logits)
             targets = torch.tensor(ids[s + 1:s + C + 1], device=logits.device)    # (<= C,)
             nll += F.cross_entropy(logits[:len(targets)].float(), targets, reduction="sum").item()
         return Score(tokens=max(len(ids) - 1, 0), nll=nll)
@@ -193,6 +198,40 @@ class Engine:
     def score(self, text: str) -> Score:
         """Perplexity of text (with the tokenizer's BOS, if it adds one)."""
         return self.perplexity(self.tokenizer.encode(text))
+
+
+def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
+    """Bytes of the Λ cache: per layer K (2*hd wide with starting tokens) and V per slot."""
+    slots = n_global + n_local + chunk_size - 1
+    key_width = cfg.head_dim * (2 if n_global else 1)
+    return cfg.n_layers * cfg.n_kv_heads * slots * (key_width + cfg.head_dim) * itemsize
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # unknown (macOS, Windows): let the allocator speak
+
+
+def _check_memory(need: int, device: torch.device, n_local: int):
+    have = _available_bytes(device)
+    if have is not None and need > have:
+        raise UserError(f"--n-local {n_local}: the cache needs {need / 2**30:.1f} GiB but only "
+                        f"{have / 2**30:.1f} GiB is free; use a smaller --n-local or "
+                        f"--dtype bfloat16")
+
+
+def check_finite(logits: torch.Tensor):
+    """float16 can overflow inside the network; never turn NaN/inf into text."""
+    if not torch.isfinite(logits).all():
+        raise UserError(f"the model produced NaN/inf logits ({logits.dtype} overflow?); "
+                        f"use --dtype bfloat16 or float32")
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

@@ -5,6 +5,9 @@ The rule (Han et al. 2023, §4; DESIGN.md §2). Query at position i, key at j <=
     key j visible to query i   iff   0 <= d < n_local   or   j < n_global
     score(i, j) = <rot(q_i, min(d, ceiling)), k_j> / sqrt(head_dim)
 
+with ceiling = n_local, as in the paper (both are the pre-training length L): window keys are
+at their true distance, and a starting token out of the window is seen at exactly n_local.
+
 It answers the paper's three failure factors of long inputs: the window keeps the number of
 attended tokens bounded (factor 2, attention entropy), the starting tokens stay visible
 (factor 3, they anchor attention), and no distance exceeds the ceiling (factor 1, unseen

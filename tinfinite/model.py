@@ -74,13 +74,15 @@ class Block(nn.Module):
 class Step:
     """What every layer of one forward call shares: rotations and the mask."""
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, ceiling: int, dtype):
+    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, dtype):
         dev = cache.pos.device
         self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
         # Some query is n_local or more past token 0: starting tokens are seen at the ceiling.
         self.far = cache.widened and cache.next_pos - 1 >= cache.n_local
         if self.far:
-            c = torch.tensor([ceiling], dtype=torch.int64)
+            # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
+            # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
+            c = torch.tensor([cache.n_local], dtype=torch.int64)
             self.cos_ceil, self.sin_ceil = rope.cos_sin(c, inv_freq, dtype, dev)  # (1, hd)
         k_pos = cache.visible_positions(self.far)                              # (S,)
         self.mask = lambda_mask(positions, k_pos, cache.n_global if self.far else 0,
@@ -106,17 +108,14 @@ class Llama(nn.Module):
         return F.linear(self.norm(h), w)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: KVCache, ceiling: int | None = None,
-                last_only: bool = True) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:
         """Run a chunk of tokens (B, T) through the network, appending them to the cache.
 
         Returns logits (B, vocab) of the last position, or (B, T, vocab) with last_only=False.
-        ceiling: the distance at which starting tokens are seen (default: the window).
         """
         T = ids.shape[1]
         positions = cache.claim(T)
-        step = Step(cache, positions, self.inv_freq, ceiling or cache.n_local,
-                    self.embed_tokens.weight.dtype)
+        step = Step(cache, positions, self.inv_freq, self.embed_tokens.weight.dtype)
         x = self.embed_tokens(ids)                                             # (B, T, D)
         for i, block in enumerate(self.layers):
             x = block(x, i, cache, step)

@@ -1,0 +1,133 @@
+"""The engine computes exactly the LM-Infinite rule of DESIGN.md §2, however it is fed.
+
+Every check compares against tests/reference.py, a naive float64 implementation written from
+the rule, or against the engine itself fed differently (streaming vs one pass, shifted
+positions). Models are tiny and random, written to safetensors and loaded for real.
+"""
+import random
+
+import pytest
+import torch
+
+from tests.reference import reference_logits
+from tests.tiny import make_tiny_model, tiny_config
+from tinfinite.cache import KVCache
+from tinfinite.checkpoint import load_model
+
+UNBOUNDED = 10 ** 9
+
+
+def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None):
+    """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position."""
+    cfg = model.cfg
+    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=n_global,
+                    n_local=n_local, max_chunk=chunk, dtype=dtype or model.embed_tokens.weight.dtype)
+    cache.reset(offset)
+    x = torch.tensor([ids])
+    out = [model(x[:, s:s + chunk], cache, last_only=False)
+           for s in range(0, len(ids), chunk)]
+    return torch.cat(out, dim=1)[0]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_vanilla_logits_equal_float64_reference(tmp_path, tied, n_kv_heads):
+    over = dict(tie_word_embeddings=tied, num_key_value_heads=n_kv_heads)
+    state = make_tiny_model(tmp_path, **over)
+    model = load_model(tmp_path)  # float32, as users run it
+    ids = list(range(3, 40))
+    got = run(model, ids, n_global=10, n_local=64, chunk=16)
+    want = reference_logits(state, tiny_config(**over), ids, 0, UNBOUNDED, UNBOUNDED,
+                            model.inv_freq)
+    assert torch.allclose(got.double(), want, atol=2e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
+    """Random windows, starting tokens and chunks; the ring wraps many times.
+
+    The ceiling is the window (n_local), as in the paper."""
+    rng = random.Random(0)
+    for trial in range(12):
+        over = dict(num_key_value_heads=rng.choice([1, 2, 4]), tie_word_embeddings=trial % 2 == 0)
+        folder = tmp_path / str(trial)
+        state = make_tiny_model(folder, seed=trial, **over)
+        model = load_model(folder, dtype=torch.float64)
+        n_global, n_local = rng.randint(0, 5), rng.randint(1, 12)
+        chunk = rng.randint(1, 9)
+        ids = [rng.randrange(96) for _ in range(rng.randint(30, 60))]
+        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
+        want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
+                                model.inv_freq)
+        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids))
+        assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+
+
+def test_full_attention_equals_rule_without_window(tmp_path):
+    state = make_tiny_model(tmp_path)
+    model = load_model(tmp_path, dtype=torch.float64)
+    ids = [random.Random(1).randrange(96) for _ in range(70)]
+    got = run(model, ids, n_global=0, n_local=None, chunk=6)  # the growing cache, doubled 4 times
+    want = reference_logits(state, tiny_config(), ids, 0, UNBOUNDED, UNBOUNDED, model.inv_freq)
+    assert torch.allclose(got, want, atol=1e-9, rtol=0)
+
+
+def token_logprobs(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(logits[:-1].float(), -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_streaming_equals_one_pass(tmp_path):
+    """3,000 tokens through a 100-token window: chunk size changes nothing."""
+    make_tiny_model(tmp_path, max_position_embeddings=100)
+    model = load_model(tmp_path)
+    ids = [random.Random(2).randrange(96) for _ in range(3000)]
+    one_pass = token_logprobs(run(model, ids, n_global=4, n_local=100, chunk=3000), ids)
+    for chunk in (1, 7, 64, 500):
+        streamed = token_logprobs(run(model, ids, n_global=4, n_local=100, chunk=chunk), ids)
+        assert torch.allclose(streamed, one_pass, atol=1e-4, rtol=0), (chunk, (streamed - one_pass).abs().max())
+
+
+@pytest.mark.parametrize("offset", [10 ** 9, 2 ** 40])
+def test_shifted_positions_give_the_same_logits(tmp_path, offset):
+    make_tiny_model(tmp_path)
+    model = load_model(tmp_path)
+    ids = [random.Random(3).randrange(96) for _ in range(80)]
+    base = run(model, ids, n_global=3, n_local=16, chunk=8)
+    shifted = run(model, ids, n_global=3, n_local=16, chunk=8, offset=offset)
+    assert torch.allclose(base, shifted, atol=1e-4, rtol=0), (base - shifted).abs().max()
+
+
+def test_lambda_within_window_is_exactly_vanilla(tmp_path):
+    make_tiny_model(tmp_path)
+    model = load_model(tmp_path)
+    ids = list(range(50))
+    lam = run(model, ids, n_global=10, n_local=64, chunk=7)
+    full = run(model, ids, n_global=0, n_local=None, chunk=7)
+    assert torch.equal(lam, full)
+
+
+def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
+    make_tiny_model(tmp_path / "one")
+    make_tiny_model(tmp_path / "three", shards=3)
+    one, three = load_model(tmp_path / "one"), load_model(tmp_path / "three")
+    for (name, a), (_, b) in zip(one.state_dict().items(), three.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints_load(tmp_path, stored):
+    state = make_tiny_model(tmp_path, dtype=stored)
+    model = load_model(tmp_path, dtype=torch.float32)
+    want = state["model.layers.1.mlp.up_proj.weight"].to(stored).float()
+    assert torch.equal(model.layers[1].mlp.up_proj.weight, want)
+
+
+def test_cache_memory_does_not_grow_with_input(tmp_path):
+    make_tiny_model(tmp_path)
+    model = load_model(tmp_path)
+    cfg = model.cfg
+    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=8, max_chunk=4)
+    buffers = (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape)
+    for s in range(0, 400, 4):
+        model(torch.tensor([[s % 96] * 4]), cache)
+    assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape) == buffers
+    assert sorted(cache.pos.tolist()) == [0, 1] + list(range(400 - cache.ring, 400))

@@ -209,16 +209,3 @@ def test_default_tokenizer(smollm2):
     for text, ids in GOLDEN_IDS.items():
         assert tok.encode(text).ids == ids, text
         assert tok.decode(ids, skip_special_tokens=False) == text
-
-
-def test_transformers_oracle_answers_paris(smollm2):
-    """Only with requirements-oracle.txt: the folder loads in transformers and answers right."""
-    transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(smollm2)
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2)
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(prompt, return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=20, do_sample=False)
-    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == \
-        "The capital of France is Paris."

@@ -4,6 +4,8 @@ A thin layer over tinfinite.engine: parse flags, call the API, turn user errors 
 """
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,8 +67,10 @@ def perplexity_parser() -> argparse.ArgumentParser:
 
 def read_text(path: str, flag: str) -> str:
     f = Path(path)
-    if not f.is_file():
+    if not f.exists():
         raise UserError(f"{flag} {path}: file not found")
+    if not f.is_file():
+        raise UserError(f"{flag} {path}: not a file; give a UTF-8 text file")
     data = f.read_bytes()
     if b"\0" in data:
         raise UserError(f"{flag} {path}: looks binary (NUL bytes); give a UTF-8 text file")
@@ -82,12 +86,14 @@ def read_text(path: str, flag: str) -> str:
 def check_generation_flags(a):
     if a.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens {a.max_new_tokens}: must be >= 0")
-    if not a.temperature >= 0:
-        raise UserError(f"--temperature {a.temperature}: must be >= 0 (0 = greedy)")
+    if not 0 <= a.temperature < math.inf:
+        raise UserError(f"--temperature {a.temperature}: must be a number >= 0 (0 = greedy)")
     if a.top_k < 0:
         raise UserError(f"--top-k {a.top_k}: must be >= 0 (0 = no limit)")
     if not 0 < a.top_p <= 1:
         raise UserError(f"--top-p {a.top_p}: must be in (0, 1]")
+    if a.seed is not None and not -2**63 <= a.seed < 2**64:
+        raise UserError(f"--seed {a.seed}: must fit in 64 bits")
     if a.system and not a.chat:
         raise UserError("--system needs --chat")
 
@@ -114,13 +120,13 @@ def run_generate(a):
                                      top_k=a.top_k, top_p=a.top_p, seed=a.seed,
                                      ignore_eos=a.ignore_eos):
             sys.stdout.write(piece)
-            sys.stdout.flush()
+            sys.stdout.flush()  # each piece as it is made, so Ctrl-C loses nothing printed
     finally:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        s = engine.stats
-        print(f"[prompt {s.prompt_tokens} tokens | prefill {s.prefill_tps:.1f} tok/s | "
-              f"decode {s.new_tokens} tokens, {s.decode_tps:.1f} tok/s]", file=sys.stderr)
+        print(flush=True)  # end the text, also after Ctrl-C or an error
+    # Only after success: an error must stay the one line on stderr.
+    s = engine.stats
+    print(f"[prompt {s.prompt_tokens} tokens | prefill {s.prefill_tps:.1f} tok/s | "
+          f"decode {s.new_tokens} tokens, {s.decode_tps:.1f} tok/s]", file=sys.stderr)
 
 
 def run_perplexity(a):
@@ -129,6 +135,9 @@ def run_perplexity(a):
     text = "".join(read_text(f, "--file") for f in a.file)
     engine = load_engine(a)
     ids = engine.tokenizer.encode(text)[:a.max_tokens]
+    if len(ids) < 2:
+        raise UserError(f"--file {' '.join(a.file)}: only {len(ids)} token(s); perplexity needs "
+                        f"at least 2")
     t0 = time.perf_counter()
     score = engine.perplexity(ids)
     seconds = time.perf_counter() - t0
@@ -157,6 +166,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ntinfinite: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly like other Unix tools, and send
+        # the rest of stdout, including Python's flush at exit, to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed this way
     return 0
 
 

@@ -62,6 +62,9 @@ def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
             raise UserError(f"{index}: not a valid safetensors index ({e}); re-download it")
         files: dict[Path, list[str]] = {}
         for name, file in weight_map.items():
+            if not isinstance(file, str) or Path(file).name != file:
+                raise UserError(f"{index}: {file!r} is not a file name in the model folder; "
+                                f"re-download the model")
             files.setdefault(folder / file, []).append(name)
         for f in files:
             if not f.is_file():
@@ -98,7 +101,22 @@ def _read(file: Path, names, cfg: ModelConfig, want: dict, params: dict):
                     raise UserError(f"{file}: tensor {name} has dtype {sl.get_dtype()}; supported: "
                                     f"float32, bfloat16, float16")
                 yield name, f.get_tensor(name)
-    except SafetensorError as e:
-        raise UserError(f"{file}: not a valid safetensors file ({e}); re-download it")
+    except SafetensorError as e:  # what safetensors raises for any malformed file
+        if _looks_pickled(file):
+            raise UserError(f"{file}: is a pickle / torch.save file, not safetensors; refused, "
+                            f"since unpickling can run code (convert it to safetensors)") from None
+        raise UserError(f"{file}: not a valid safetensors file ({e}); re-download it") from None
     except OSError as e:
-        raise UserError(f"{file}: cannot read ({e})")
+        raise UserError(f"{file}: cannot read ({e})") from None
+
+
+def _looks_pickled(file: Path) -> bool:
+    """Pickle protocol 2-5 starts with 0x80 and the protocol; torch.save writes a zip of pickles.
+
+    Only used to word the error: nothing is ever unpickled, whatever the file holds."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"

@@ -31,10 +31,26 @@ class ModelConfig:
     torch_dtype: str = "float32"  # what the checkpoint stores
 
     def __post_init__(self):
+        # A zero or negative size would only fail later, deep inside torch, with a traceback.
+        for name, value in (("vocab_size", self.vocab_size), ("hidden_size", self.dim),
+                            ("num_hidden_layers", self.n_layers),
+                            ("num_attention_heads", self.n_heads),
+                            ("num_key_value_heads", self.n_kv_heads),
+                            ("intermediate_size", self.hidden_dim),
+                            ("max_position_embeddings", self.max_position_embeddings)):
+            if value < 1:
+                raise UserError(f"{name} {value} must be >= 1")
+        if not self.head_dim and self.dim % self.n_heads:
+            raise UserError(f"hidden_size {self.dim} is not a multiple of num_attention_heads "
+                            f"{self.n_heads} and no head_dim is given")
         self.head_dim = self.head_dim or self.dim // self.n_heads
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise UserError(f"head_dim {self.head_dim} must be even and positive (RoPE rotates pairs)")
         if self.n_heads % self.n_kv_heads:
-            raise UserError(f"config.json: num_attention_heads {self.n_heads} is not a multiple "
+            raise UserError(f"num_attention_heads {self.n_heads} is not a multiple "
                             f"of num_key_value_heads {self.n_kv_heads}")
+        if not self.rope_theta > 0:
+            raise UserError(f"rope_theta {self.rope_theta} must be > 0")
 
     @property
     def rope_type(self) -> str:
@@ -76,6 +92,10 @@ def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig
         what = "is not supported" if rope_type in KNOWN_ROPE else "is unknown"
         raise UserError(f"{path}: RoPE scaling {rope_type!r} {what}; tinfinite supports "
                         f"{', '.join(SUPPORTED_ROPE)}")
+    factor = rope.get("factor")
+    if rope_type != "default" and not (isinstance(factor, (int, float)) and factor > 0):
+        raise UserError(f"{path}: RoPE scaling {rope_type!r} needs a positive \"factor\", "
+                        f"got {factor!r}; fix or re-download config.json")
     rope_scaling = {"rope_type": rope_type, **rope} if rope_type != "default" else {}
 
     try:
@@ -84,7 +104,8 @@ def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig
             dim=int(raw["hidden_size"]),
             n_layers=int(raw["num_hidden_layers"]),
             n_heads=int(raw["num_attention_heads"]),
-            n_kv_heads=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
+            n_kv_heads=int(raw["num_attention_heads"] if raw.get("num_key_value_heads") is None
+                           else raw["num_key_value_heads"]),
             hidden_dim=int(raw["intermediate_size"]),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             head_dim=int(raw.get("head_dim") or 0),
@@ -97,4 +118,6 @@ def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig
     except KeyError as e:
         raise UserError(f"{path}: missing field {e.args[0]!r}; is this a Llama config.json?")
     except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: bad value ({e})")
+        raise UserError(f"{path}: bad value ({e}); fix or re-download config.json")
+    except UserError as e:  # from __post_init__, which does not know the file
+        raise UserError(f"{path}: {e}") from None

@@ -117,8 +117,8 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
 def test_half_precision_checkpoints_load(tmp_path, stored):
     state = make_tiny_model(tmp_path, dtype=stored)
     model = load_model(tmp_path, dtype=torch.float32)
-    want = state["model.layers.1.mlp.up_proj.weight"].to(stored).float()
-    assert torch.equal(model.layers[1].mlp.up_proj.weight, want)
+    want = state["model.layers.1.mlp.down_proj.weight"].to(stored).float()
+    assert torch.equal(model.layers[1].mlp.down_proj.weight, want)
 
 
 def test_cache_memory_does_not_grow_with_input(tmp_path):

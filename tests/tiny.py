@@ -5,9 +5,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tinfinite.checkpoint import checkpoint_name
-from tinfinite.config import config_from_dict
-from tinfinite.model import Llama
 
 
 def tiny_config(**over) -> dict:
@@ -20,18 +17,32 @@ def tiny_config(**over) -> dict:
     return cfg
 
 
+def checkpoint_shapes(cfg: dict) -> dict[str, tuple]:
+    """The tensors of a Hugging Face Llama checkpoint, from its config alone."""
+    D, F, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or D // H
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+            p + "self_attn.q_proj.weight": (H * hd, D), p + "self_attn.k_proj.weight": (Hkv * hd, D),
+            p + "self_attn.v_proj.weight": (Hkv * hd, D), p + "self_attn.o_proj.weight": (D, H * hd),
+            p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
+            p + "mlp.down_proj.weight": (D, F)})
+    if not cfg.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (V, D)
+    return shapes
+
+
 def random_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Checkpoint-named random tensors; norms away from 1 so they are really exercised."""
     g = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        model = Llama(config_from_dict(cfg))
     state = {}
-    for name, p in model.named_parameters():
-        scale = 0.3 if "norm" not in name else 1.0
-        t = torch.randn(p.shape, generator=g) * scale
-        if "norm" in name:
-            t = 1 + 0.2 * t
-        state[checkpoint_name(name)] = t
+    for name, shape in checkpoint_shapes(cfg).items():
+        t = torch.randn(shape, generator=g)
+        state[name] = 1 + 0.2 * t if "norm" in name else 0.3 * t
     return state
 
 

@@ -19,9 +19,30 @@ DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 INDEX = "model.safetensors.index.json"
 
 
-def checkpoint_name(param: str) -> str:
-    """The one name table: module parameter -> checkpoint tensor name."""
-    return param if param == "lm_head.weight" else "model." + param
+# Checkpoint tensors that the model fuses into one matrix: (fused module, its position in it).
+FUSED = {"self_attn.q_proj": ("self_attn.qkv_proj", 0), "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+         "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+         "mlp.gate_proj": ("mlp.gate_up_proj", 0), "mlp.up_proj": ("mlp.gate_up_proj", 1)}
+
+
+def checkpoint_layout(cfg: ModelConfig) -> dict[str, tuple[str, int, tuple]]:
+    """The one name table: checkpoint tensor -> (model parameter, first row, shape)."""
+    D, hd = cfg.dim, cfg.head_dim
+    q, kv, hidden = cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.hidden_dim
+    rows = {"self_attn.qkv_proj": [(q, 0), (kv, q), (kv, q + kv)],
+            "mlp.gate_up_proj": [(hidden, 0), (hidden, hidden)]}
+    table = {"model.embed_tokens.weight": ("embed_tokens.weight", 0, (cfg.vocab_size, D)),
+             "model.norm.weight": ("norm.weight", 0, (D,))}
+    if not cfg.tie_embeddings:
+        table["lm_head.weight"] = ("lm_head.weight", 0, (cfg.vocab_size, D))
+    for i in range(cfg.n_layers):
+        for name, shape in (("input_layernorm", (D,)), ("post_attention_layernorm", (D,)),
+                            ("self_attn.o_proj", (D, q)), ("mlp.down_proj", (D, hidden))):
+            table[f"model.layers.{i}.{name}.weight"] = (f"layers.{i}.{name}.weight", 0, shape)
+        for name, (fused, k) in FUSED.items():
+            n, first = rows[fused][k]
+            table[f"model.layers.{i}.{name}.weight"] = (f"layers.{i}.{fused}.weight", first, (n, D))
+    return table
 
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
@@ -37,12 +58,13 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
         model = Llama(cfg)
     model = model.to_empty(device=device).to(dtype)
     params = dict(model.named_parameters())
-    want = {checkpoint_name(p): p for p in params}
+    want = checkpoint_layout(cfg)
 
     seen = set()
     for file, names in files.items():
-        for name, tensor in _read(file, names, cfg, want, params):
-            params[want[name]].data.copy_(tensor)
+        for name, tensor in _read(file, names, cfg, want):
+            param, first, shape = want[name]
+            params[param].data[first:first + shape[0]].copy_(tensor)
             seen.add(name)
     missing = sorted(set(want) - seen)
     if missing:
@@ -79,7 +101,7 @@ def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
     raise UserError(f"{folder}: no model.safetensors or {INDEX}; the model folder is incomplete")
 
 
-def _read(file: Path, names, cfg: ModelConfig, want: dict, params: dict):
+def _read(file: Path, names, cfg: ModelConfig, want: dict):
     """Yield (name, tensor) from one safetensors file, checking names, shapes and dtypes."""
     try:
         with safe_open(file, framework="pt", device="cpu") as f:
@@ -93,7 +115,7 @@ def _read(file: Path, names, cfg: ModelConfig, want: dict, params: dict):
                                     f"with this config.json (tie_word_embeddings="
                                     f"{str(cfg.tie_embeddings).lower()})")
                 sl = f.get_slice(name)
-                shape, expected = list(sl.get_shape()), list(params[want[name]].shape)
+                shape, expected = list(sl.get_shape()), list(want[name][2])
                 if shape != expected:
                     raise UserError(f"{file}: tensor {name} has shape {shape}, config.json "
                                     f"implies {expected}")

@@ -1,7 +1,8 @@
 """The Llama network: embeddings, N x (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP), head.
 
-Parameter names follow the Hugging Face checkpoint minus its "model." prefix, so the
-loader's name table (checkpoint.py) stays one line. Shapes: B batch, T tokens in this call,
+Parameter names follow the Hugging Face checkpoint minus its "model." prefix, except that
+q/k/v and gate/up are fused into one matrix each (fewer, larger matmuls per token); the
+loader's name table (checkpoint.py) says which rows each checkpoint tensor fills. Shapes: B batch, T tokens in this call,
 D = dim, H query heads, Hkv key/value heads, hd = head_dim, S visible cache slots.
 """
 import torch
@@ -30,32 +31,33 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.H, self.Hkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, self.H * self.hd, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, self.Hkv * self.hd, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, self.Hkv * self.hd, bias=False)
+        # q, k and v in one matmul: rows [q (H*hd) | k (Hkv*hd) | v (Hkv*hd)], fused at load
+        self.qkv_proj = nn.Linear(cfg.dim, (self.H + 2 * self.Hkv) * self.hd, bias=False)
         self.o_proj = nn.Linear(self.H * self.hd, cfg.dim, bias=False)
 
     def forward(self, x, layer: int, cache: KVCache, step: "Step"):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.H, self.hd).transpose(1, 2)     # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.Hkv, self.hd).transpose(1, 2)   # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.Hkv, self.hd).transpose(1, 2)   # (B, Hkv, T, hd)
-        cache.write(layer, rope.rotate(k, step.cos, step.sin), k, v)
+        H, Hkv = self.H, self.Hkv
+        qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
+        qk_rot = rope.rotate(qkv[:, :H + Hkv], step.cos, step.sin)  # q and k at their positions
+        q, k, v = qkv.split([H, Hkv, Hkv], dim=1)
+        cache.write(layer, qk_rot[:, H:], k, v)
         q_ceil = rope.rotate(q, step.cos_ceil, step.sin_ceil) if step.far else None
         keys, values = cache.visible(layer, step.far)                      # (B, Hkv, S, ...)
-        y = attend(rope.rotate(q, step.cos, step.sin), q_ceil, keys, values, step.mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.hd))
+        y = attend(qk_rot[:, :H], q_ceil, keys, values, step.mask)         # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.hd))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        # gate and up in one matmul: rows [gate (hidden) | up (hidden)], fused at load
+        self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):

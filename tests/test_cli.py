@@ -5,7 +5,6 @@ is random, so its text is noise: tests compare runs with each other, never with 
 """
 import json
 import math
-import os
 import select
 import signal
 import subprocess
@@ -14,35 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-import tokenizers
 import torch
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import main
-from tests.tiny import make_tiny_model
+from tests.tiny import CORPUS, tiny_llama
 from tinfinite.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "The quick brown fox"
-CORPUS = ["The quick brown fox jumps over the lazy dog.",
-          "A small engine reads a model folder and writes text."] * 10
-
-
-def tiny_llama(folder: Path, **model_options) -> Path:
-    """A runnable model folder: random tiny Llama + byte-level BPE tokenizer.json (<s>, </s>)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(folder / "tokenizer.json"))
-    make_tiny_model(folder, vocab_size=tok.get_vocab_size(), bos_token_id=0, eos_token_id=1,
-                    **model_options)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return tiny_llama(tmp_path_factory.mktemp("tiny"))

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import main
-from tests.test_cli import tiny_llama
+from tests.tiny import tiny_llama
 from tinfinite.errors import UserError
 
 
@@ -222,6 +222,7 @@ def test_perplexity_needs_two_tokens(capsys, good, tmp_path):
     ("--seed", 2**70),
     ("--dtype", "int8"),
     ("--device", "tpu"),
+    ("--device", "cpu:x"),
 ])
 def test_bad_flag(capsys, good, flag, value):
     fails(capsys, gen(good, flag, value), flag)
@@ -257,3 +258,16 @@ def test_argparse_errors_exit_2_with_usage(capsys, good):
 def test_debug_shows_the_traceback(good, tmp_path):
     with pytest.raises(UserError):
         main.main(["--model", str(tmp_path / "nowhere"), "--prompt-text", "hi", "--debug"])
+
+
+def test_model_path_that_is_a_file(capsys, good):
+    fails(capsys, gen(good / "config.json"), "config.json")
+
+
+def test_tiny_temperature_is_greedy_not_a_crash(capsys, good):
+    greedy = main.main([str(a) for a in gen(good, "--max-new-tokens", 5)])
+    greedy_out = capsys.readouterr().out
+    assert main.main([str(a) for a in gen(good, "--max-new-tokens", 5, "--temperature", 1e-40,
+                                          "--seed", 1)]) == greedy == 0
+    assert capsys.readouterr().out == greedy_out
+

@@ -2,8 +2,10 @@
 import json
 from pathlib import Path
 
+import tokenizers
 import torch
 from safetensors.torch import save_file
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 
 
@@ -68,3 +70,22 @@ def make_tiny_model(folder: Path, shards: int = 1, dtype=torch.float32, seed: in
         (folder / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {}, "weight_map": weight_map}))
     return state
+
+
+CORPUS = ["The quick brown fox jumps over the lazy dog.",
+          "A small engine reads a model folder and writes text."] * 10
+
+
+def tiny_llama(folder: Path, **model_options) -> Path:
+    """A runnable model folder: random tiny Llama + byte-level BPE tokenizer.json (<s>, </s>)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    make_tiny_model(folder, vocab_size=tok.get_vocab_size(), bos_token_id=0, eos_token_id=1,
+                    **model_options)
+    return folder

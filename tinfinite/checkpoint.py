@@ -48,6 +48,8 @@ def checkpoint_layout(cfg: ModelConfig) -> dict[str, tuple[str, int, tuple]]:
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Llama:
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"{folder}: is a file; --model takes the model's folder (with config.json)")
     if not folder.is_dir():
         raise UserError(f"{folder}: model folder not found; pass --model DIR with a Hugging Face "
                         f"Llama folder (config.json, *.safetensors, tokenizer)")

@@ -65,7 +65,10 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(f"--device {device}: no Apple MPS device is available here; use --device cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {device}: unknown device; use cpu, cuda or mps")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps") from None
 
 
 class Engine:
@@ -105,7 +108,9 @@ class Engine:
             full = self.attention == "full"
             if not full:
                 _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
-                                          w.element_size()), w.device, self.n_local)
+                                          w.element_size()), w.device,
+                              f"--n-local {self.n_local}, --n-global {self.n_global}, "
+                              f"--chunk-size {self.chunk_size}")
             self._cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
                                   n_global=0 if full else self.n_global,
                                   n_local=None if full else self.n_local,
@@ -219,10 +224,10 @@ def _available_bytes(device: torch.device) -> int | None:
     return None  # unknown (macOS, Windows): let the allocator speak
 
 
-def _check_memory(need: int, device: torch.device, n_local: int):
+def _check_memory(need: int, device: torch.device, flags: str):
     have = _available_bytes(device)
     if have is not None and need > have:
-        raise UserError(f"--n-local {n_local}: the cache needs {need / 2**30:.1f} GiB but only "
+        raise UserError(f"{flags}: the cache needs {need / 2**30:.1f} GiB but only "
                         f"{have / 2**30:.1f} GiB is free; use a smaller --n-local or "
                         f"--dtype bfloat16")
 

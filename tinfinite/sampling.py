@@ -7,7 +7,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p
     """Greedy when temperature is 0; otherwise sample from the top-k / top-p filtered softmax."""
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    logits = (logits.float() - logits.max()) / temperature  # <= 0: a tiny temperature gives -inf, not NaN
     if top_k:
         logits = keep_top_k(logits, top_k)
     if top_p < 1.0:

@@ -6,8 +6,10 @@ sees a far starting token "as if" it stood `ceiling` tokens away by rotating the
 the ceiling alone (DESIGN.md §2).
 
 Positions are exact int64. A float32 angle i * f loses all precision past ~2^24 tokens, and
-even float64 only keeps ~1e-4 rad at 2^40; so angles are reduced modulo 2π in float64 from
-a split i = hi * 2^20 + lo, which keeps them accurate to ~1e-9 rad at 2^40 tokens.
+a float64 one keeps only ~1e-4 rad at 2^40. RoPE only uses angle differences, so angles are
+computed from a split i = hi * 2^20 + lo and reduced modulo 2π in float64: the angle between
+any two positions less than 2^20 apart is then right to ~1e-10 rad, at any position up to 2^40
+and beyond (tests/test_rope.py checks it against exact rational arithmetic).
 """
 import math
 

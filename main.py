@@ -24,6 +24,8 @@ def model_flags(p: argparse.ArgumentParser):
                                    "fetched into weights/ on first use)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--quantize", choices=["int8"], help="int8 weight-only matmuls (faster "
+                                                       "decoding, slightly different output)")
     p.add_argument("--attention", default="lambda", choices=["lambda", "full"],
                    help="lambda: LM-Infinite (default); full: vanilla causal, growing cache")
     p.add_argument("--n-local", type=int, help="window of recent tokens (default: the model's "
@@ -104,8 +106,9 @@ def load_engine(a):
     if model is None:
         from weights.fetch import ensure_default_model
         model = ensure_default_model()
-    return Engine.load(model, dtype=a.dtype, device=a.device, n_global=a.n_global,
-                       n_local=a.n_local, attention=a.attention, chunk_size=a.chunk_size)
+    return Engine.load(model, dtype=a.dtype, device=a.device, quantize=a.quantize,
+                       n_global=a.n_global, n_local=a.n_local, attention=a.attention,
+                       chunk_size=a.chunk_size)
 
 
 def run_generate(a):

@@ -55,3 +55,9 @@ def test_within_the_window_lambda_is_exactly_vanilla(folder, engine):
     full.prefill(ids)
     vanilla = full.model(full._tensor([42]), full.cache)
     assert torch.equal(lam, vanilla)
+
+
+def test_int8_and_bfloat16_still_answer_france(folder):
+    for options in (dict(quantize="int8"), dict(dtype="bfloat16"), dict(dtype="bfloat16", quantize="int8")):
+        assert greedy(Engine.load(folder, **options), "What is the capital of France?", 30,
+                      chat=True) == "The capital of France is Paris.", options

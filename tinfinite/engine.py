@@ -22,6 +22,7 @@ from tinfinite.cache import KVCache
 from tinfinite.checkpoint import load_model
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
+from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
 
@@ -91,12 +92,18 @@ class Engine:
 
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
-             **options) -> "Engine":
-        """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size."""
+             quantize: str | None = None, **options) -> "Engine":
+        """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size.
+
+        quantize="int8": int8 weight-only matmuls (quantize.py), opt-in."""
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        if quantize not in (None, "int8"):
+            raise UserError(f"--quantize {quantize}: the only choice is int8")
         dev = resolve_device(device)
         model = load_model(model_dir, DTYPES[dtype], dev)
+        if quantize:
+            model = quantize_int8(model)
         tokenizer = Tokenizer.from_folder(model_dir)
         return cls(model, tokenizer, **options)
 

@@ -98,16 +98,16 @@ class Llama(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        if not cfg.tie_embeddings:
-            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Tied embeddings (no lm_head in the checkpoint): the head reads the embedding matrix.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # float64 on the CPU, deliberately not module state: .to(dtype) must never round it,
         # and some devices (mps) have no float64. Only the small cos/sin tables move.
         self.inv_freq = rope.inverse_frequencies(cfg)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (..., D) -> (..., vocab) logits."""
-        w = self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
-        return F.linear(self.norm(h), w)
+        h = self.norm(h)
+        return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""int8 weight-only mode: each matmul equals the float matmul with dequantised weights."""
+import torch
+
+from tests.tiny import make_tiny_model
+from tinfinite.cache import KVCache
+from tinfinite.checkpoint import load_model
+from tinfinite.quantize import Int8Linear, quantize_int8
+
+
+def test_int8_linear_is_the_dequantised_matmul():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(48, 32, generator=g), torch.randn(5, 32, generator=g)
+    q = Int8Linear(w)
+    dequantised = q.weight.float() * q.scale[:, None]
+    assert (dequantised - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step
+    assert torch.allclose(q(x), x @ dequantised.T, atol=1e-4)
+
+
+def run(model, ids):
+    cfg = model.cfg
+    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=16, max_chunk=8)
+    return torch.cat([model(ids[:, s:s + 8], cache, last_only=False) for s in range(0, 40, 8)], 1)
+
+
+def test_quantized_model_is_the_model_with_dequantised_weights(tmp_path):
+    """Every matmul (attention, MLP, head; tied or not) goes through int8, nothing else does."""
+    for tied in (False, True):
+        make_tiny_model(tmp_path / str(tied), tie_word_embeddings=tied)
+        q = quantize_int8(load_model(tmp_path / str(tied)))
+        assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 4 * q.cfg.n_layers + 1
+        ref = load_model(tmp_path / str(tied))
+        for block, qblock in zip(ref.layers, q.layers):
+            for name in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+                m = qblock.get_submodule(name)
+                block.get_submodule(name).weight.data = m.weight.float() * m.scale[:, None]
+        head = torch.nn.Linear(1, 1, bias=False)
+        head.weight.data = q.lm_head.weight.float() * q.lm_head.scale[:, None]
+        ref.lm_head = head                      # the embedding lookup itself stays exact
+        ids = torch.arange(40)[None] % 96
+        assert torch.allclose(run(q, ids), run(ref, ids), atol=1e-4, rtol=1e-4)

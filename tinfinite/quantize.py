@@ -1,0 +1,39 @@
+"""Opt-in int8 weight-only quantisation (`--quantize int8`).
+
+Decoding reads every weight once per token, so it is bound by memory traffic (DESIGN.md §6):
+int8 weights are half the bytes of bfloat16 and a quarter of float32. Each output row gets
+one scale, max|row| / 127 (symmetric, per channel); activations stay in the model's dtype and
+`torch.ops.aten._weight_int8pack_mm` multiplies without ever materialising float weights.
+Embedding lookups stay exact; a tied LM head gets its own int8 copy.
+"""
+import torch
+from torch import nn
+
+from tinfinite.errors import UserError
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        w = weight.detach().float()                                    # (out, in)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+        self.register_buffer("weight", (w / scale[:, None]).round().to(torch.int8))
+        self.register_buffer("scale", scale.to(weight.dtype))          # (out,)
+
+    def forward(self, x):
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.scale)
+        return y.view(*shape[:-1], -1)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace the model's matmul weights (attention, MLP, LM head) by int8, in place."""
+    if model.embed_tokens.weight.dtype == torch.float16:
+        raise UserError("--quantize int8 runs with --dtype float32 or bfloat16, not float16")
+    for block in model.layers:
+        for parent, name in ((block.self_attn, "qkv_proj"), (block.self_attn, "o_proj"),
+                             (block.mlp, "gate_up_proj"), (block.mlp, "down_proj")):
+            setattr(parent, name, Int8Linear(getattr(parent, name).weight))
+    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    model.lm_head = Int8Linear(head)
+    return model

@@ -177,16 +177,20 @@ class Engine:
         stops = [s for s in stop if s]
         decoder = StreamDecoder(self.tokenizer)
         pending = ""  # text that might still turn out to be the start of a stop string
-        for token in self.generate_ids(self.prompt_ids(prompt, chat, system), **sampling):
-            pending += decoder.push(token)
-            cut = _find_stop(pending, stops)
-            if cut is not None:
-                yield pending[:cut]
-                return
-            keep = _stop_prefix_len(pending, stops)
-            if len(pending) > keep:
-                yield pending[:len(pending) - keep]
-                pending = pending[len(pending) - keep:]
+        try:
+            for token in self.generate_ids(self.prompt_ids(prompt, chat, system), **sampling):
+                pending += decoder.push(token)
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    yield pending[:cut]
+                    return
+                keep = _stop_prefix_len(pending, stops)
+                if len(pending) > keep:
+                    yield pending[:len(pending) - keep]
+                    pending = pending[len(pending) - keep:]
+        except KeyboardInterrupt:
+            yield pending + decoder.flush()  # Ctrl-C: hand over all text made so far, then stop
+            raise
         pending += decoder.flush()
         cut = _find_stop(pending, stops)
         yield pending if cut is None else pending[:cut]

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,19 @@ WARMUP_TOKENS, WARMUP_STEPS = 128, 4
 # ---------------------------------------------------------------------------------------------
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident set, MiB.
+
+    Linux: VmHWM, the high-water mark of this process image. Not ru_maxrss: that one keeps the
+    parent's RSS across fork + exec, so every case would weigh at least the driver.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024                         # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (
+        1024 if sys.platform == "darwin" else 1)                            # bytes on macOS
 
 
 def decode_times(first_token: int, step, n_new: int) -> tuple[list[int], list[float]]:
@@ -339,8 +352,17 @@ def run_subprocess(case: dict, timeout: float) -> dict:
     lines = [s for s in done.stdout.splitlines() if s.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"failed (exit {done.returncode}): {tail}"}
+        how = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
+               else f"exit {done.returncode}")
+        return {"skipped": f"failed ({how}): {tail}"}
     return json.loads(lines[-1])
+
+
+def measure_bandwidth(threads: int) -> dict:
+    """bench/bandwidth.py in its own process (its 2 GiB tensor must not inflate any case)."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bandwidth.py"),
+                           "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return {k: v for k, v in json.loads(done.stdout).items() if k != "machine_limit"}
 
 
 def drive(a) -> None:
@@ -357,16 +379,15 @@ def drive(a) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / time.strftime("bench-%Y%m%d-%H%M%S.jsonl")
     with open(log_path, "w") as log, tempfile.TemporaryDirectory() as tmp:
-        limit = json.loads(subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "bandwidth.py"), "--threads", str(a.threads)],
-            capture_output=True, text=True, check=True).stdout)
+        limit = measure_bandwidth(a.threads)
         ids, text_info = prompt_ids(model, a.text, max(a.contexts))
         ids_file = str(Path(tmp) / "ids.npy")
         np.save(ids_file, ids)
         import torch
-        emit({**limit, **text_info, "model": model, "gguf": gguf, "cpu": platform.processor()
-              or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-              "python": platform.python_version(), "log": str(log_path)}, log)
+        emit({"machine_limit": True, **limit, **text_info, "model": model, "gguf": gguf,
+              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "log": str(log_path)}, log)
         for ctx in a.contexts:
             runs: dict[tuple, list] = {}
             for r in range(a.repeats):
@@ -394,6 +415,8 @@ def drive(a) -> None:
                         runs.setdefault(key, []).append(result)
             for key, rs in runs.items():
                 emit(summary(rs), log)
+        # Measured again at the end: on a shared machine the two differ when it was busy.
+        emit({"machine_limit_end": True, **measure_bandwidth(a.threads)}, log)
 
 
 def main():

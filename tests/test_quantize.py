@@ -12,8 +12,10 @@ def test_int8_linear_is_the_dequantised_matmul():
     w, x = torch.randn(48, 32, generator=g), torch.randn(5, 32, generator=g)
     q = Int8Linear(w)
     dequantised = q.weight.float() * q.scale[:, None]
-    assert (dequantised - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step
-    assert torch.allclose(q(x), x @ dequantised.T, atol=1e-4)
+    step = q.scale.float()[:, None]
+    assert ((dequantised - w).abs() <= step / 2 * 1.01 + 1e-6).all()  # within half a step
+    want = x.bfloat16().float() @ dequantised.T           # the input goes in as bfloat16
+    assert torch.allclose(q(x), want, atol=1e-2, rtol=1e-2)
 
 
 def run(model, ids):
@@ -37,4 +39,6 @@ def test_quantized_model_is_the_model_with_dequantised_weights(tmp_path):
         head.weight.data = q.lm_head.weight.float() * q.lm_head.scale[:, None]
         ref.lm_head = head                      # the embedding lookup itself stays exact
         ids = torch.arange(40)[None] % 96
-        assert torch.allclose(run(q, ids), run(ref, ids), atol=1e-4, rtol=1e-4)
+        got, want = run(q, ids), run(ref, ids)
+        # bfloat16 inputs to each matmul: a few % on a random net; a wrong matmul is O(100%)
+        assert (got - want).abs().max() < 0.05 * want.abs().max()

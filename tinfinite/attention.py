@@ -60,7 +60,8 @@ def attend(q_rot: torch.Tensor, q_ceil: torch.Tensor | None, k: torch.Tensor, v:
 
     q_rot: (B, H, T, hd) queries rotated at their positions; q_ceil: the same rotated at the
     ceiling, or None when no starting token is out of the window (k then is hd wide).
-    k: (B, n_kv, S, hd or 2*hd), v: (B, n_kv, S, hd), mask: (T, S). Returns (B, H, T, hd).
+    k: (B, n_kv, S, hd or 2*hd), v: (B, n_kv, S, hd), mask: (T, S), additive (0 or -inf)
+    or boolean. Returns (B, H, T, hd).
     """
     hd = q_rot.shape[-1]
     q = q_rot if q_ceil is None else torch.cat([q_rot, q_ceil], dim=-1)

@@ -48,6 +48,15 @@ class KVCache:
         self.next_pos = 0       # position of the next token to be written
         self.offset = 0         # added to every position (tests shift it by 10^9)
         self._ring_slots = self._global_slots = None
+        self._make_views()
+
+    def _make_views(self):
+        # Per-layer views, made once: the per-token path then only indexes and narrows.
+        hd, L = self.head_dim, self.k.shape[0]
+        self.k_near = [self.k[i, ..., :hd] for i in range(L)]  # (B, n_kv, S, hd) true distance
+        self.k_far = [self.k[i, ..., hd:] for i in range(L)]   # (B, n_kv, S, hd) ceiling half
+        self.k_all = [self.k[i] for i in range(L)]             # (B, n_kv, S, kw)
+        self.v_all = [self.v[i] for i in range(L)]             # (B, n_kv, S, hd)
 
     @property
     def ring(self) -> int:
@@ -84,14 +93,13 @@ class KVCache:
         k_rot: (B, n_kv, T, hd) keys rotated at their positions; k_raw: the same keys rotated
         at position 0 (i.e. not rotated); v: (B, n_kv, T, hd).
         """
-        hd, ring = self.head_dim, self._ring_slots
-        self.k[layer, :, :, :, :hd].index_copy_(2, ring, k_rot)
-        self.v[layer].index_copy_(2, ring, v)
-        g = self._global_slots
+        ring, g = self._ring_slots, self._global_slots
+        self.k_near[layer].index_copy_(2, ring, k_rot)
+        self.v_all[layer].index_copy_(2, ring, v)
         if g is not None:
             n = g.numel()  # the first n tokens of this chunk are starting tokens
-            self.k[layer, :, :, :, hd:].index_copy_(2, g, k_raw[:, :, :n])
-            self.v[layer].index_copy_(2, g, v[:, :, :n])
+            self.k_far[layer].index_copy_(2, g, k_raw[:, :, :n])
+            self.v_all[layer].index_copy_(2, g, v[:, :, :n])
 
     def visible(self, layer: int, far: bool):
         """Key and value views (B, n_kv, S, ...) over the filled slots; no copies.
@@ -100,10 +108,8 @@ class KVCache:
         true-distance half of the keys, exactly a vanilla cache. far=True: everything.
         """
         start, used = self._span(far)
-        k = self.k[layer, :, :, start:used]
-        if not far and self.widened:
-            k = k[..., :self.head_dim]
-        return k, self.v[layer, :, :, start:used]
+        k = self.k_all[layer] if far else self.k_near[layer]
+        return k[:, :, start:used], self.v_all[layer][:, :, start:used]
 
     def visible_positions(self, far: bool) -> torch.Tensor:
         """(S,) positions of the slots visible() returns."""
@@ -126,3 +132,4 @@ class KVCache:
         pos = self.pos.new_full((S,), -1)
         pos[:self.pos.numel()] = self.pos
         self.pos = pos
+        self._make_views()

@@ -87,8 +87,11 @@ class Step:
             c = torch.tensor([cache.n_local], dtype=torch.int64)
             self.cos_ceil, self.sin_ceil = rope.cos_sin(c, inv_freq, dtype, dev)  # (1, hd)
         k_pos = cache.visible_positions(self.far)                              # (S,)
-        self.mask = lambda_mask(positions, k_pos, cache.n_global if self.far else 0,
-                                cache.n_local)                                 # (T, S)
+        visible = lambda_mask(positions, k_pos, cache.n_global if self.far else 0,
+                              cache.n_local)                                   # (T, S) bool
+        # As an additive mask (0 / -inf), converted once here rather than by SDPA in every layer.
+        self.mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(
+            ~visible, float("-inf"))
 
 
 class Llama(nn.Module):

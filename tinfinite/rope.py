@@ -57,13 +57,16 @@ def angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
 def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, device="cpu"):
     """(T,) positions -> cos, sin of shape (T, head_dim), laid out for rotate-half.
 
-    Computed in float64 on the CPU (where positions and inv_freq live), then moved."""
-    a = angles(positions, inv_freq)
-    a = torch.cat([a, a], dim=-1)  # (T, hd): the two halves share frequencies
-    return a.cos().to(device, dtype), a.sin().to(device, dtype)
+    Computed in float64 on the CPU (where positions and inv_freq live), then moved. The first
+    half of sin is negated, which lets rotate() swap halves with one roll instead of a cat."""
+    a = angles(positions, inv_freq)                     # (T, hd/2)
+    cos, sin = a.cos(), a.sin()
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)  # (T, hd)
+    return cos.to(device, dtype), sin.to(device, dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, head_dim) by per-row angles given as cos, sin (T, head_dim)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    """Rotate x (..., T, head_dim) by per-row angles given as cos, sin (T, head_dim).
+
+    Rotate-half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], i.e. x * cos + [x2, x1] * ±sin."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)

@@ -53,6 +53,8 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
         state = make_tiny_model(folder, seed=trial, **over)
         model = load_model(folder, dtype=torch.float64)
         n_global, n_local = rng.randint(0, 5), rng.randint(1, 12)
+        if trial == 0:
+            n_global, n_local = 5, 1  # far before all starting tokens have arrived
         chunk = rng.randint(1, 9)
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 60))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
@@ -130,4 +132,4 @@ def test_cache_memory_does_not_grow_with_input(tmp_path):
     for s in range(0, 400, 4):
         model(torch.tensor([[s % 96] * 4]), cache)
     assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape) == buffers
-    assert sorted(cache.pos.tolist()) == [0, 1] + list(range(400 - cache.ring, 400))
+    assert sorted(cache.pos.tolist()) == list(range(400 - cache.ring, 400))

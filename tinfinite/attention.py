@@ -8,10 +8,10 @@ The rule (Han et al. 2023, §4; DESIGN.md §2). Query at position i, key at j <=
 with ceiling = n_local, as in the paper (both are the pre-training length L): window keys are
 at their true distance, and a starting token out of the window is seen at exactly n_local.
 
-It answers the paper's three failure factors of long inputs: the window keeps the number of
-attended tokens bounded (factor 2, attention entropy), the starting tokens stay visible
-(factor 3, they anchor attention), and no distance exceeds the ceiling (factor 1, unseen
-distances). For n_g = 2, n_l = 4 (g = starting token seen at the ceiling, x = window):
+It answers the paper's three failure factors of long inputs: no distance exceeds the ceiling
+(factor 1, unseen distances), the window bounds how many tokens a query attends to (factor 2,
+attention entropy), and the starting tokens stay visible (factor 3, they anchor attention).
+For n_global = 2, n_local = 4 (x = window key, g = starting token seen at the ceiling):
 
     q\\k  0 1 2 3 4 5 6 7
      0   x
@@ -23,47 +23,45 @@ distances). For n_g = 2, n_l = 4 (g = starting token seen at the ceiling, x = wi
      6   g g . x x x x
      7   g g . . x x x x
 
-The widened-head trick: a query must score window keys at true distance and starting tokens
-at the ceiling, i.e. with two different rotations of itself. Concatenating both rotations
-along the head dimension does it in one call, because the cache stores every key with the
-other half zeroed (cache.py):
+How one call does it: the keys are [ring | starting-token copies] (cache.py). Ring keys are
+stored rotated at their true positions, so <rot(q, i), rot(k, j)> is RoPE at distance i - j.
+Row t of the call gets its own copies of the starting keys, rotated at i_t - ceiling, so
+<rot(q, i_t), rot(k_g, i_t - ceiling)> = <rot(q, ceiling), k_g>: the ceiling, exactly. The mask
+lets each row see the window part of the ring and, once they are beyond its window, its own
+copies only:
 
-    q' = [ rot(q, i) | rot(q, ceiling) ]        (T, 2 * head_dim)
-    ring key      [ rot(k, j) | 0 ]   ->  <rot(q, i), rot(k, j)> = RoPE at distance i - j
-    global copy   [ 0 | rot(k, 0) ]   ->  <rot(q, ceiling), k>   = RoPE at distance ceiling
-
-The scale stays 1/sqrt(head_dim): the zero halves add nothing to any score.
+    keys:        ring (R slots)         | copies of row 0 | copies of row 1 | ...
+    row 0 sees   0 <= i_0 - pos < n_l   | g: i_0 - g >= n_l |       -         |
+    row 1 sees   0 <= i_1 - pos < n_l   |        -        | g: i_1 - g >= n_l |
 """
-import math
-
 import torch
 import torch.nn.functional as F
 
 
-def lambda_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, n_global_slots: int,
+def lambda_mask(q_pos: torch.Tensor, ring_pos: torch.Tensor, start_pos: torch.Tensor | None,
                 n_local: int) -> torch.Tensor:
-    """(T, S) bool, True = may attend. Built from absolute positions (-1 = empty slot).
+    """(T, R [+ T * G]) bool, True = may attend. Built from absolute positions only.
 
-    q_pos: (T,) query positions. k_pos: (S,) positions held by the key slots, whose first
-    n_global_slots are the starting tokens' ceiling copies, seen only once out of the window.
+    q_pos: (T,) query positions; ring_pos: (R,) positions held by the ring slots (-1 = empty);
+    start_pos: (G,) positions of the starting tokens (-1 = not seen yet), whose per-row copies
+    follow the ring (None: no copies in this call).
     """
-    d = q_pos[:, None] - k_pos[None, :]                            # (T, S) distances
-    in_window = (d >= 0) & (d < n_local)
-    beyond = d >= n_local
-    is_global = torch.arange(k_pos.numel(), device=k_pos.device) < n_global_slots
-    return (k_pos >= 0) & torch.where(is_global, beyond, in_window)
+    d = q_pos[:, None] - ring_pos[None, :]                              # (T, R)
+    mask = (ring_pos >= 0) & (d >= 0) & (d < n_local)
+    if start_pos is None:
+        return mask
+    T, G = q_pos.numel(), start_pos.numel()
+    beyond = (start_pos >= 0) & (q_pos[:, None] - start_pos[None, :] >= n_local)  # (T, G)
+    own = torch.eye(T, dtype=torch.bool, device=q_pos.device)           # row t sees copies t
+    copies = own[:, :, None] & beyond[:, None, :]                       # (T, T, G)
+    return torch.cat([mask, copies.reshape(T, T * G)], dim=1)
 
 
-def attend(q_rot: torch.Tensor, q_ceil: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
-           mask: torch.Tensor) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One scaled_dot_product_attention call over the visible cache slots.
 
-    q_rot: (B, H, T, hd) queries rotated at their positions; q_ceil: the same rotated at the
-    ceiling, or None when no starting token is out of the window (k then is hd wide).
-    k: (B, n_kv, S, hd or 2*hd), v: (B, n_kv, S, hd), mask: (T, S), additive (0 or -inf)
-    or boolean. Returns (B, H, T, hd).
+    q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd); mask: (T, S), additive (0 / -inf)
+    or boolean. Grouped-query heads share k/v without copying them. Returns (B, H, T, hd).
     """
-    hd = q_rot.shape[-1]
-    q = q_rot if q_ceil is None else torch.cat([q_rot, q_ceil], dim=-1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1 / math.sqrt(hd),
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                           enable_gqa=q.shape[1] != k.shape[1])

@@ -1,28 +1,27 @@
 """The KV cache: one preallocated buffer per layer, written in place, never grown.
 
-Slot layout (DESIGN.md §3), S = n_global + ring slots:
+Slot layout (DESIGN.md §3), per layer, S = ring + n_global * max_chunk slots:
 
-    slot:  0 .. n_global-1        | n_global .. S-1
-           the first n_global     | a ring: the token at position p lives in
-           tokens, kept for ever  | slot n_global + p % ring, overwriting p - ring
+    slot:  0 .. ring-1                         | ring .. S-1
+           the ring: the token at position p   | starting-token copies: for each query row t
+           lives in slot p % ring, overwriting | of the current call, n_global keys rotated
+           p - ring                            | so that row t sees them at the ceiling
 
-Each slot remembers the absolute position it holds (-1 = empty); masks are built from those
+Ring slots remember the absolute position they hold (-1 = empty); masks are built from those
 positions, never from slot numbers, so nothing breaks when the ring wraps.
 
 The ring has n_local + max_chunk - 1 slots rather than n_local: a chunk of T tokens is written
 *before* it attends (so the call needs no concatenation), and the extra slots keep the keys
 that the chunk's first queries still see. Decoding (T = 1) needs exactly n_local.
 
-Keys are stored pre-rotated and widened to 2 * head_dim so that one SDPA call can score a
-starting token at the distance ceiling (attention.py explains the trick):
+Starting tokens. Query i must see starting token g beyond its window at distance `ceiling`:
+<rot(q, i), rot(k_g, i - ceiling)> = <rot(q, ceiling), k_g> (RoPE is relative). So the first
+n_global keys are also kept un-rotated (`k_start`), and each call writes, for each of its T
+rows, a copy rotated at i_t - ceiling into the copy area, which only row t may see. Values
+need no rotation: their copies are written once. Memory: n_global * max_chunk extra slots.
 
-    ring slot:    [ rot(k, p) | 0        ]     seen at its true distance
-    global slot:  [ 0         | rot(k, 0) ]    seen at the ceiling, once out of the window
-
-With n_global = 0 there is no ceiling half and keys are head_dim wide.
-
-`--attention full` is the same cache with an unbounded window: its ring starts small and
-doubles when full (the growing cache of a vanilla engine, the paper's baseline).
+`--attention full` is the same cache with no window and no starting tokens: its ring starts
+small and doubles when full (the growing cache of a vanilla engine, the paper's baseline).
 """
 import torch
 
@@ -36,34 +35,40 @@ class KVCache:
         self.n_global = n_global
         self.n_local = NO_LIMIT if n_local is None else n_local
         self.grows = n_local is None
+        assert not (self.grows and n_global), "full attention has no starting tokens"
         self.max_chunk = max_chunk
-        self.head_dim = head_dim
-        self.widened = n_global > 0
         ring = 2 * max_chunk if self.grows else self.n_local + max_chunk - 1
-        S = n_global + ring
-        kw = 2 * head_dim if self.widened else head_dim
-        self.k = torch.zeros(n_layers, batch, n_kv_heads, S, kw, dtype=dtype, device=device)
-        self.v = torch.zeros(n_layers, batch, n_kv_heads, S, head_dim, dtype=dtype, device=device)
-        self.pos = torch.full((S,), -1, dtype=torch.int64, device=device)  # absolute position per slot
+        shape = (n_layers, batch, n_kv_heads, ring + n_global * max_chunk, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k_start = torch.zeros(n_layers, batch, n_kv_heads, n_global, head_dim, dtype=dtype,
+                                   device=device)                     # starting keys, un-rotated
+        self.pos = torch.full((ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self.next_pos = 0       # position of the next token to be written
         self.offset = 0         # added to every position (tests shift it by 10^9)
-        self._ring_slots = self._global_slots = None
+        self._ring_slots = self._starts = None
         self._make_views()
 
     def _make_views(self):
         # Per-layer views, made once: the per-token path then only indexes and narrows.
-        hd, L = self.head_dim, self.k.shape[0]
-        self.k_near = [self.k[i, ..., :hd] for i in range(L)]  # (B, n_kv, S, hd) true distance
-        self.k_far = [self.k[i, ..., hd:] for i in range(L)]   # (B, n_kv, S, hd) ceiling half
-        self.k_all = [self.k[i] for i in range(L)]             # (B, n_kv, S, kw)
-        self.v_all = [self.v[i] for i in range(L)]             # (B, n_kv, S, hd)
+        L, B, Hkv, _, hd = self.k.shape
+        R, G, C = self.ring, self.n_global, self.max_chunk
+        self.k_layer = [self.k[i] for i in range(L)]                               # (B, Hkv, S, hd)
+        self.v_layer = [self.v[i] for i in range(L)]
+        self.k_copies = [self.k[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
+        self.v_copies = [self.v[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
 
     @property
     def ring(self) -> int:
-        return self.pos.numel() - self.n_global
+        return self.pos.numel()
+
+    @property
+    def n_starts(self) -> int:
+        """How many starting tokens have been seen so far."""
+        return min(self.next_pos, self.n_global)
 
     def reset(self, offset: int = 0):
-        """Forget every token; the buffers are kept (their zero halves stay zero)."""
+        """Forget every token; the buffers are kept."""
         self.pos.fill_(-1)
         self.next_pos, self.offset = 0, offset
 
@@ -78,58 +83,53 @@ class KVCache:
             self._grow(n + T)
         idx = torch.arange(n, n + T, device=self.pos.device)
         positions = idx + self.offset
-        self._ring_slots = self.n_global + idx % self.ring
+        self._ring_slots = idx % self.ring
         self.pos[self._ring_slots] = positions
-        g = idx[idx < self.n_global]  # the first n_global tokens also get a permanent slot
-        self._global_slots = g if g.numel() else None
-        if self._global_slots is not None:
-            self.pos[g] = g + self.offset
+        starts = min(n + T, self.n_global) - n  # this chunk's tokens that are starting tokens
+        self._starts = (n, n + starts) if starts > 0 else None
         self.next_pos = n + T
         return positions
 
     def write(self, layer: int, k_rot: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor):
         """Store the claimed tokens of one layer in place.
 
-        k_rot: (B, n_kv, T, hd) keys rotated at their positions; k_raw: the same keys rotated
-        at position 0 (i.e. not rotated); v: (B, n_kv, T, hd).
+        k_rot: (B, Hkv, T, hd) keys rotated at their positions; k_raw: the same, un-rotated;
+        v: (B, Hkv, T, hd).
         """
-        ring, g = self._ring_slots, self._global_slots
-        self.k_near[layer].index_copy_(2, ring, k_rot)
-        self.v_all[layer].index_copy_(2, ring, v)
-        if g is not None:
-            n = g.numel()  # the first n tokens of this chunk are starting tokens
-            self.k_far[layer].index_copy_(2, g, k_raw[:, :, :n])
-            self.v_all[layer].index_copy_(2, g, v[:, :, :n])
+        self.k_layer[layer].index_copy_(2, self._ring_slots, k_rot)
+        self.v_layer[layer].index_copy_(2, self._ring_slots, v)
+        if self._starts is not None:
+            a, b = self._starts
+            self.k_start[layer, :, :, a:b] = k_raw[:, :, :b - a]
+            self.v_copies[layer][:, :, :, a:b] = v[:, :, None, :b - a]  # the same for every row
 
-    def visible(self, layer: int, far: bool):
-        """Key and value views (B, n_kv, S, ...) over the filled slots; no copies.
+    def write_copies(self, layer: int, k: torch.Tensor):
+        """k: (B, Hkv, T, n_starts, hd), row t's starting keys rotated at i_t - ceiling."""
+        self.k_copies[layer][:, :, :k.shape[2], :k.shape[3]] = k
 
-        far=False (no query is n_local past a starting token yet): only the ring, and only the
-        true-distance half of the keys, exactly a vanilla cache. far=True: everything.
+    def visible(self, layer: int, T: int, far: bool):
+        """Key and value views (B, Hkv, S, hd) for a call of T rows; no copies.
+
+        far=False (no query is n_local past a starting token yet): the filled ring, exactly a
+        vanilla cache. far=True: the whole ring, then the T rows' starting-token copies.
         """
-        start, used = self._span(far)
-        k = self.k_all[layer] if far else self.k_near[layer]
-        return k[:, :, start:used], self.v_all[layer][:, :, start:used]
+        n = self.ring + T * self.n_global if far else min(self.next_pos, self.ring)
+        return self.k_layer[layer][:, :, :n], self.v_layer[layer][:, :, :n]
 
-    def visible_positions(self, far: bool) -> torch.Tensor:
-        """(S,) positions of the slots visible() returns."""
-        start, used = self._span(far)
-        return self.pos[start:used]
-
-    def _span(self, far: bool):
-        return (0 if far else self.n_global), self.n_global + min(self.next_pos, self.ring)
+    def ring_positions(self, far: bool) -> torch.Tensor:
+        """(S_ring,) positions of the ring slots that visible() returns."""
+        return self.pos if far else self.pos[:min(self.next_pos, self.ring)]
 
     def _grow(self, needed: int):
         ring = self.ring
         while ring < needed:
             ring *= 2
-        S = self.n_global + ring
         for name in ("k", "v"):
             old = getattr(self, name)
-            new = old.new_zeros(*old.shape[:3], S, old.shape[4])
+            new = old.new_zeros(*old.shape[:3], ring, old.shape[4])  # full attention: no copies
             new[:, :, :, :old.shape[3]] = old
             setattr(self, name, new)
-        pos = self.pos.new_full((S,), -1)
+        pos = self.pos.new_full((ring,), -1)
         pos[:self.pos.numel()] = self.pos
         self.pos = pos
         self._make_views()

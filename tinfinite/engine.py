@@ -217,10 +217,9 @@ class Engine:
 
 
 def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
-    """Bytes of the Λ cache: per layer K (2*hd wide with starting tokens) and V per slot."""
-    slots = n_global + n_local + chunk_size - 1
-    key_width = cfg.head_dim * (2 if n_global else 1)
-    return cfg.n_layers * cfg.n_kv_heads * slots * (key_width + cfg.head_dim) * itemsize
+    """Bytes of the Λ cache (cache.py): K and V for the ring and the starting-token copies."""
+    slots = n_local + chunk_size - 1 + n_global * chunk_size
+    return cfg.n_layers * cfg.n_kv_heads * slots * 2 * cfg.head_dim * itemsize
 
 
 def _available_bytes(device: torch.device) -> int | None:

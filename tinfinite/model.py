@@ -40,11 +40,13 @@ class Attention(nn.Module):
         H, Hkv = self.H, self.Hkv
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
         qk_rot = rope.rotate(qkv[:, :H + Hkv], step.cos, step.sin)  # q and k at their positions
-        q, k, v = qkv.split([H, Hkv, Hkv], dim=1)
+        _, k, v = qkv.split([H, Hkv, Hkv], dim=1)
         cache.write(layer, qk_rot[:, H:], k, v)
-        q_ceil = rope.rotate(q, step.cos_ceil, step.sin_ceil) if step.far else None
-        keys, values = cache.visible(layer, step.far)                      # (B, Hkv, S, ...)
-        y = attend(qk_rot[:, :H], q_ceil, keys, values, step.mask)         # (B, H, T, hd)
+        if step.far:  # each row's starting keys, rotated at i - ceiling: (B, Hkv, T, G, hd)
+            starts = cache.k_start[layer, :, :, None, :cache.n_starts]
+            cache.write_copies(layer, rope.rotate(starts, step.cos_far, step.sin_far))
+        keys, values = cache.visible(layer, T, step.far)                   # (B, Hkv, S, hd)
+        y = attend(qk_rot[:, :H], keys, values, step.mask)                 # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.hd))
 
 
@@ -80,14 +82,16 @@ class Step:
         dev = cache.pos.device
         self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
         # Some query is n_local or more past token 0: starting tokens are seen at the ceiling.
-        self.far = cache.widened and cache.next_pos - 1 >= cache.n_local
+        self.far = cache.n_global > 0 and cache.next_pos - 1 >= cache.n_local
+        starts = None
         if self.far:
             # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
             # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
-            c = torch.tensor([cache.n_local], dtype=torch.int64)
-            self.cos_ceil, self.sin_ceil = rope.cos_sin(c, inv_freq, dtype, dev)  # (1, hd)
-        k_pos = cache.visible_positions(self.far)                              # (S,)
-        visible = lambda_mask(positions, k_pos, cache.n_global if self.far else 0,
+            cos, sin = rope.cos_sin(positions.cpu() - cache.n_local, inv_freq, dtype, dev)
+            self.cos_far, self.sin_far = cos[:, None], sin[:, None]               # (T, 1, hd)
+            g = torch.arange(cache.n_global, device=dev)                          # (G,)
+            starts = torch.where(g < cache.n_starts, g + cache.offset, -1)  # -1: not seen yet
+        visible = lambda_mask(positions, cache.ring_positions(self.far), starts,
                               cache.n_local)                                   # (T, S) bool
         # As an additive mask (0 / -inf), converted once here rather than by SDPA in every layer.
         self.mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(

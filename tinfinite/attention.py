@@ -60,8 +60,21 @@ def lambda_mask(q_pos: torch.Tensor, ring_pos: torch.Tensor, start_pos: torch.Te
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One scaled_dot_product_attention call over the visible cache slots.
 
-    q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd); mask: (T, S), additive (0 / -inf)
-    or boolean. Grouped-query heads share k/v without copying them. Returns (B, H, T, hd).
+    q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd); mask: (group * T, S) additive
+    (0 / -inf), the (T, S) mask repeated for each of the group = H / Hkv query heads that share
+    a key head (fold_mask). Returns (B, H, T, hd).
+
+    Grouped-query attention is folded: the group's query heads become extra query rows of
+    their shared key head, so every key and value is read from memory once per layer, not
+    once per query head (decoding is bound by exactly that traffic).
     """
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv * T, hd), k, v, attn_mask=mask)
+    return y.view(B, H, T, hd)                                # rows were (head in group, t)
+
+
+def fold_mask(visible: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """(T, S) bool -> (group * T, S) additive mask, in the order attend() folds query rows."""
+    additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return additive.masked_fill_(~visible, float("-inf")).repeat(group, 1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinfinite import rope
-from tinfinite.attention import attend, lambda_mask
+from tinfinite.attention import attend, fold_mask, lambda_mask
 from tinfinite.cache import KVCache
 from tinfinite.config import ModelConfig
 
@@ -78,7 +78,7 @@ class Block(nn.Module):
 class Step:
     """What every layer of one forward call shares: rotations and the mask."""
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, dtype):
+    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, dtype, group: int):
         dev = cache.pos.device
         self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
         # Some query is n_local or more past token 0: starting tokens are seen at the ceiling.
@@ -93,9 +93,8 @@ class Step:
             starts = torch.where(g < cache.n_starts, g + cache.offset, -1)  # -1: not seen yet
         visible = lambda_mask(positions, cache.ring_positions(self.far), starts,
                               cache.n_local)                                   # (T, S) bool
-        # As an additive mask (0 / -inf), converted once here rather than by SDPA in every layer.
-        self.mask = torch.zeros(visible.shape, dtype=dtype, device=dev).masked_fill_(
-            ~visible, float("-inf"))
+        # Converted once here, not in every layer: additive, and repeated per grouped head.
+        self.mask = fold_mask(visible, group, dtype)                           # (group*T, S)
 
 
 class Llama(nn.Module):
@@ -124,7 +123,8 @@ class Llama(nn.Module):
         """
         T = ids.shape[1]
         positions = cache.claim(T)
-        step = Step(cache, positions, self.inv_freq, self.embed_tokens.weight.dtype)
+        step = Step(cache, positions, self.inv_freq, self.embed_tokens.weight.dtype,
+                    self.cfg.n_heads // self.cfg.n_kv_heads)
         x = self.embed_tokens(ids)                                             # (B, T, D)
         for i, block in enumerate(self.layers):
             x = block(x, i, cache, step)

@@ -31,7 +31,7 @@ def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--n-local", type=int, help="window of recent tokens (default: the model's "
                                                "pre-training length)")
     p.add_argument("--n-global", type=int, default=10, help="starting tokens always attended (10)")
-    p.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens (512)")
+    p.add_argument("--chunk-size", type=int, default=256, help="prefill chunk in tokens (256)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

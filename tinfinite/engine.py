@@ -74,7 +74,7 @@ def resolve_device(device: str) -> torch.device:
 
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int = 10,
-                 n_local: int | None = None, attention: str = "lambda", chunk_size: int = 512):
+                 n_local: int | None = None, attention: str = "lambda", chunk_size: int = 256):
         if attention not in ATTENTION:
             raise UserError(f"--attention {attention}: choose one of {', '.join(ATTENTION)}")
         for flag, value, least in (("--n-global", n_global, 0), ("--n-local", n_local, 1),

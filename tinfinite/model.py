@@ -15,6 +15,22 @@ from tinfinite.cache import KVCache
 from tinfinite.config import ModelConfig
 
 
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ w.T (out, in). A single row (decoding) goes through torch.mv, which reads
+    a bfloat16 weight ~1.2x faster than F.linear on our 2-core CPU (torch 2.13; same in float32)."""
+    if x.numel() == x.shape[-1]:
+        return torch.mv(w, x.reshape(-1)).view(*x.shape[:-1], -1)
+    return F.linear(x, w)
+
+
+class Linear(nn.Linear):
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__(n_in, n_out, bias=False)
+
+    def forward(self, x):
+        return linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -32,8 +48,8 @@ class Attention(nn.Module):
         super().__init__()
         self.H, self.Hkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # q, k and v in one matmul: rows [q (H*hd) | k (Hkv*hd) | v (Hkv*hd)], fused at load
-        self.qkv_proj = nn.Linear(cfg.dim, (self.H + 2 * self.Hkv) * self.hd, bias=False)
-        self.o_proj = nn.Linear(self.H * self.hd, cfg.dim, bias=False)
+        self.qkv_proj = Linear(cfg.dim, (self.H + 2 * self.Hkv) * self.hd)
+        self.o_proj = Linear(self.H * self.hd, cfg.dim)
 
     def forward(self, x, layer: int, cache: KVCache, step: "Step"):
         B, T, _ = x.shape
@@ -54,8 +70,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         # gate and up in one matmul: rows [gate (hidden) | up (hidden)], fused at load
-        self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gate_up_proj = Linear(cfg.dim, 2 * cfg.hidden_dim)
+        self.down_proj = Linear(cfg.hidden_dim, cfg.dim)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -105,7 +121,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Tied embeddings (no lm_head in the checkpoint): the head reads the embedding matrix.
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.dim, cfg.vocab_size)
         # float64 on the CPU, deliberately not module state: .to(dtype) must never round it,
         # and some devices (mps) have no float64. Only the small cos/sin tables move.
         self.inv_freq = rope.inverse_frequencies(cfg)
@@ -113,7 +129,7 @@ class Llama(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (..., D) -> (..., vocab) logits."""
         h = self.norm(h)
-        return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        return linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:

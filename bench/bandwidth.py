@@ -50,17 +50,17 @@ def kv_bytes(n_layers: int, n_kv_heads: int, slots: int, key_width: int, value_w
 
 
 def tinfinite_step_bytes(param_bytes: int, cfg, context: int, n_global: int, n_local: int,
-                         itemsize: int) -> int:
-    """Weights + the Λ-visible K/V after `context` tokens.
+                         itemsize: int, chunk_size: int = 1) -> int:
+    """Weights + the K/V one decode step reads after `context` tokens (tinfinite/cache.py).
 
-    Visible: the last min(context, n_local) positions, plus the n_global starting tokens once
-    they have left the window. From then on keys are stored 2*head_dim wide (the ceiling half,
-    see tinfinite/cache.py), so the K/V read stops growing at the window.
+    The call reads the filled ring, n_local + chunk_size - 1 slots at most (the extra slots
+    are masked but still read), plus, once starting tokens have left the window, this row's
+    n_global rotated copies. So the K/V read stops growing at the window.
     """
+    ring = n_local + chunk_size - 1
     far = n_global > 0 and context > n_local
-    slots = min(context, n_local) + (n_global if far else 0)
-    key_width = cfg.head_dim * (2 if far else 1)
-    return param_bytes + kv_bytes(cfg.n_layers, cfg.n_kv_heads, slots, key_width,
+    slots = ring + n_global if far else min(context, ring)
+    return param_bytes + kv_bytes(cfg.n_layers, cfg.n_kv_heads, slots, cfg.head_dim,
                                   cfg.head_dim, itemsize)
 
 

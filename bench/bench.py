@@ -85,7 +85,10 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
 
     torch.set_num_threads(case["threads"])
     baseline = peak_rss_mb()
-    engine = Engine.load(case["model"], dtype=case["dtype"])
+    if case["dtype"] == "int8":  # tinfinite's opt-in int8 weights, bfloat16 activations
+        engine = Engine.load(case["model"], dtype="bfloat16", quantize="int8")
+    else:
+        engine = Engine.load(case["model"], dtype=case["dtype"])
     model = engine.model
     n_new = case["new_tokens"]
 
@@ -122,10 +125,11 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
                            f"{case['max_seconds']}: timed a {len(prompt)}-token prefix; decode "
                            f"ran after it (window full, same cost per step at any position)")
     tokens, prefill_s, gaps = generate(prompt, n_new)
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    params = sum(p.numel() * p.element_size()
+                 for p in [*model.parameters(), *model.buffers()])  # int8 weights are buffers
     itemsize = model.embed_tokens.weight.element_size()
     step_bytes = tinfinite_step_bytes(params, model.cfg, len(prompt), engine.n_global,
-                                      engine.n_local, itemsize)
+                                      engine.n_local, itemsize, engine.chunk_size)
     return {**out, "prefill_tokens": len(prompt), "prefill_seconds": prefill_s,
             "decode_seconds": gaps, "tokens": tokens, "param_bytes": params,
             "bytes_per_decode_step": step_bytes}
@@ -282,7 +286,7 @@ def find_gguf(given: str | None) -> str | None:
 
 def estimate_gib(impl: str, dtype: str, ctx: int, cfg, n_params: int) -> float:
     """A rough peak memory of one case, to skip what cannot fit (--mem-limit-gib)."""
-    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2}[dtype]
+    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2, "int8": 2}[dtype]
     weights = n_params * (0.7 if impl == "llamacpp" else item)
     kv_row = cfg.n_layers * cfg.n_kv_heads * 2 * cfg.head_dim * item
     if impl == "tinfinite":  # the ring + chunk activations; never more than the window
@@ -324,6 +328,8 @@ def cases_for(ctx: int, a, gguf: str | None) -> list[tuple[str, str, str | None]
     out = []
     for dtype in a.dtypes:
         for impl in a.impls:
+            if dtype == "int8" and impl != "tinfinite":
+                continue  # tinfinite's own int8 mode has no peer of the same kind
             if impl == "llamacpp":
                 if dtype != a.dtypes[0]:
                     continue  # one GGUF, one dtype: once per round
@@ -449,8 +455,9 @@ def main():
         p.error("--text PATH is required: a long plain-text file to cut the prompts from")
     if bad := [i for i in a.impls if i not in IMPLS]:
         p.error(f"--impls: unknown {bad}; choose from {', '.join(IMPLS)}")
-    if bad := [d for d in a.dtypes if d not in ("float32", "bfloat16", "float16")]:
-        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16")
+    if bad := [d for d in a.dtypes if d not in ("float32", "bfloat16", "float16", "int8")]:
+        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16, int8 "
+                f"(tinfinite --quantize int8 alone)")
     if min(a.contexts, default=0) < WARMUP_TOKENS or a.new_tokens < 2 or a.repeats < 1:
         p.error(f"need --contexts >= {WARMUP_TOKENS}, --new-tokens >= 2, --repeats >= 1")
     drive(a)

@@ -17,15 +17,22 @@ from tinfinite.checkpoint import load_model
 UNBOUNDED = 10 ** 9
 
 
-def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None):
-    """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position."""
+def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False):
+    """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
+
+    dirty: fill the cache's reserved memory with NaN first, as uninitialised memory may be."""
     cfg = model.cfg
     cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=n_global,
                     n_local=n_local, max_chunk=chunk, dtype=dtype or model.embed_tokens.weight.dtype)
+    if dirty:
+        cache.k.fill_(float("nan"))
+        cache.v.fill_(float("nan"))
     cache.reset(offset)
-    x = torch.tensor([ids])
-    out = [model(x[:, s:s + chunk], cache, last_only=False)
-           for s in range(0, len(ids), chunk)]
+    x, out, s = torch.tensor([ids]), [], 0
+    while s < len(ids):
+        T = min(chunk, cache.room())  # smaller calls once starting tokens are beyond the window
+        out.append(model(x[:, s:s + T], cache, last_only=False))
+        s += T
     return torch.cat(out, dim=1)[0]
 
 
@@ -62,6 +69,17 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
                                 model.inv_freq)
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+
+
+def test_reserved_but_unwritten_cache_memory_is_never_used(tmp_path):
+    """The cache reserves its memory with torch.empty; garbage there must never reach a score."""
+    make_tiny_model(tmp_path)
+    model = load_model(tmp_path)
+    ids = [random.Random(4).randrange(96) for _ in range(90)]
+    for n_global, n_local, chunk in ((3, 16, 8), (2, 5, 7), (0, 16, 8), (0, None, 8)):
+        clean = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
+        dirty = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, dirty=True)
+        assert torch.equal(clean, dirty), (n_global, n_local, chunk)
 
 
 def test_full_attention_equals_rule_without_window(tmp_path):
@@ -129,7 +147,8 @@ def test_cache_memory_does_not_grow_with_input(tmp_path):
     cfg = model.cfg
     cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=8, max_chunk=4)
     buffers = (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape)
-    for s in range(0, 400, 4):
-        model(torch.tensor([[s % 96] * 4]), cache)
+    while cache.next_pos < 400:
+        T = min(cache.room(), 400 - cache.next_pos)
+        model(torch.tensor([[cache.next_pos % 96] * T]), cache)
     assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape) == buffers
     assert sorted(cache.pos.tolist()) == list(range(400 - cache.ring, 400))

@@ -2,7 +2,6 @@
 import torch
 
 from tests.tiny import make_tiny_model
-from tinfinite.cache import KVCache
 from tinfinite.checkpoint import load_model
 from tinfinite.quantize import Int8Linear, quantize_int8
 
@@ -19,9 +18,8 @@ def test_int8_linear_is_the_dequantised_matmul():
 
 
 def run(model, ids):
-    cfg = model.cfg
-    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=16, max_chunk=8)
-    return torch.cat([model(ids[:, s:s + 8], cache, last_only=False) for s in range(0, 40, 8)], 1)
+    from tests.test_model import run as run_chunks
+    return run_chunks(model, ids[0].tolist(), n_global=2, n_local=16, chunk=8)
 
 
 def test_quantized_model_is_the_model_with_dequantised_weights(tmp_path):

@@ -1,6 +1,6 @@
 """The KV cache: one preallocated buffer per layer, written in place, never grown.
 
-Slot layout (DESIGN.md §3), per layer, S = ring + n_global * max_chunk slots:
+Slot layout (DESIGN.md §3), per layer, S = ring + n_global * far_chunk slots:
 
     slot:  0 .. ring-1                         | ring .. S-1
            the ring: the token at position p   | starting-token copies: for each query row t
@@ -17,8 +17,15 @@ that the chunk's first queries still see. Decoding (T = 1) needs exactly n_local
 Starting tokens. Query i must see starting token g beyond its window at distance `ceiling`:
 <rot(q, i), rot(k_g, i - ceiling)> = <rot(q, ceiling), k_g> (RoPE is relative). So the first
 n_global keys are also kept un-rotated (`k_start`), and each call writes, for each of its T
-rows, a copy rotated at i_t - ceiling into the copy area, which only row t may see. Values
-need no rotation: their copies are written once. Memory: n_global * max_chunk extra slots.
+rows, a copy rotated at i_t - ceiling into the copy area, which only row t may see (values are
+copied as they are). Such a call takes at most far_chunk = max_chunk // n_global tokens
+(room()), so the copies never outnumber one chunk: at most max_chunk extra slots, and at
+most max_chunk extra keys per query.
+
+Memory is reserved once, with torch.empty: pages become resident only as slots are written,
+so a short prompt does not pay for the whole window. A slot is never read before it is written,
+except by the masked keys of a call that sees the whole ring; those, and the copies, are zeroed
+once when the first such call comes (a masked key must still be finite: 0 * NaN = NaN).
 
 `--attention full` is the same cache with no window and no starting tokens: its ring starts
 small and doubles when full (the growing cache of a vanilla engine, the paper's baseline).
@@ -37,12 +44,15 @@ class KVCache:
         self.grows = n_local is None
         assert not (self.grows and n_global), "full attention has no starting tokens"
         self.max_chunk = max_chunk
+        self.far_chunk = max(1, max_chunk // max(n_global, 1))
         ring = 2 * max_chunk if self.grows else self.n_local + max_chunk - 1
-        shape = (n_layers, batch, n_kv_heads, ring + n_global * max_chunk, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.k_start = torch.zeros(n_layers, batch, n_kv_heads, n_global, head_dim, dtype=dtype,
-                                   device=device)                     # starting keys, un-rotated
+        shape = (n_layers, batch, n_kv_heads, ring + n_global * self.far_chunk, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self._cleared = False   # unwritten ring slots and the copy area zeroed (see above)
+        starts = (n_layers, batch, n_kv_heads, n_global, head_dim)
+        self.k_start = torch.zeros(starts, dtype=dtype, device=device)  # starting keys, un-rotated
+        self.v_start = torch.zeros(starts, dtype=dtype, device=device)
         self.pos = torch.full((ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self.next_pos = 0       # position of the next token to be written
         self.offset = 0         # added to every position (tests shift it by 10^9)
@@ -52,7 +62,7 @@ class KVCache:
     def _make_views(self):
         # Per-layer views, made once: the per-token path then only indexes and narrows.
         L, B, Hkv, _, hd = self.k.shape
-        R, G, C = self.ring, self.n_global, self.max_chunk
+        R, G, C = self.ring, self.n_global, self.far_chunk
         self.k_layer = [self.k[i] for i in range(L)]                               # (B, Hkv, S, hd)
         self.v_layer = [self.v[i] for i in range(L)]
         self.k_copies = [self.k[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
@@ -72,12 +82,20 @@ class KVCache:
         self.pos.fill_(-1)
         self.next_pos, self.offset = 0, offset
 
+    def room(self) -> int:
+        """How many tokens the next call may take: max_chunk, or far_chunk once its queries see
+        starting tokens from beyond the window (each row then needs its own copies)."""
+        n = self.next_pos
+        if self.n_global == 0 or n + self.max_chunk - 1 < self.n_local:
+            return self.max_chunk
+        return max(self.n_local - n, self.far_chunk)  # up to the window's end, then small calls
+
     def claim(self, T: int) -> torch.Tensor:
         """Take slots for the next T tokens; return their absolute positions (T,) int64.
 
         Updates the position table once for all layers; each layer then calls write().
         """
-        assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
+        assert 0 < T <= self.room(), f"a call of {T} tokens; room() allows {self.room()}"
         n = self.next_pos
         if self.grows and n + T > self.ring:
             self._grow(n + T)
@@ -101,11 +119,20 @@ class KVCache:
         if self._starts is not None:
             a, b = self._starts
             self.k_start[layer, :, :, a:b] = k_raw[:, :, :b - a]
-            self.v_copies[layer][:, :, :, a:b] = v[:, :, None, :b - a]  # the same for every row
+            self.v_start[layer, :, :, a:b] = v[:, :, :b - a]
 
     def write_copies(self, layer: int, k: torch.Tensor):
         """k: (B, Hkv, T, n_starts, hd), row t's starting keys rotated at i_t - ceiling."""
-        self.k_copies[layer][:, :, :k.shape[2], :k.shape[3]] = k
+        T, G = k.shape[2], k.shape[3]
+        self.k_copies[layer][:, :, :T, :G] = k
+        self.v_copies[layer][:, :, :T, :G] = self.v_start[layer, :, :, None, :G]  # same per row
+
+    def clear_unwritten(self):
+        """Before the first call that reads the whole ring: zero what was never written."""
+        if not self._cleared:
+            for t in (self.k, self.v):
+                t[:, :, :, min(self.next_pos, self.ring):].zero_()  # ring tail and copy area
+            self._cleared = True
 
     def visible(self, layer: int, T: int, far: bool):
         """Key and value views (B, Hkv, S, hd) for a call of T rows; no copies.
@@ -126,7 +153,7 @@ class KVCache:
             ring *= 2
         for name in ("k", "v"):
             old = getattr(self, name)
-            new = old.new_zeros(*old.shape[:3], ring, old.shape[4])  # full attention: no copies
+            new = old.new_empty(*old.shape[:3], ring, old.shape[4])  # full attention: no copies
             new[:, :, :, :old.shape[3]] = old
             setattr(self, name, new)
         pos = self.pos.new_full((ring,), -1)

@@ -132,8 +132,11 @@ class Engine:
         if not ids:
             raise UserError("the prompt is empty; give some text")
         self.cache.reset()
-        for s in range(0, len(ids), self.chunk_size):
-            logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
+        s = 0
+        while s < len(ids):
+            T = self.cache.room()
+            logits = self.model(self._tensor(ids[s:s + T]), self.cache)
+            s += T
         return logits[0]                                                   # (vocab,)
 
     def generate_ids(self, ids: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -203,12 +206,14 @@ class Engine:
         next chunk's first token too.
         """
         self.cache.reset()
-        nll, C = 0.0, self.chunk_size
-        for s in range(0, len(ids) - 1, C):
-            logits = self.model(self._tensor(ids[s:s + C]), self.cache, last_only=False)[0]
+        nll, s = 0.0, 0
+        while s < len(ids) - 1:
+            T = self.cache.room()
+            logits = self.model(self._tensor(ids[s:s + T]), self.cache, last_only=False)[0]
             check_finite(logits)
-            targets = torch.tensor(ids[s + 1:s + C + 1], device=logits.device)    # (<= C,)
+            targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)    # (<= T,)
             nll += F.cross_entropy(logits[:len(targets)].float(), targets, reduction="sum").item()
+            s += T
         return Score(tokens=max(len(ids) - 1, 0), nll=nll)
 
     def score(self, text: str) -> Score:
@@ -218,7 +223,7 @@ class Engine:
 
 def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
     """Bytes of the Λ cache (cache.py): K and V for the ring and the starting-token copies."""
-    slots = n_local + chunk_size - 1 + n_global * chunk_size
+    slots = n_local + chunk_size - 1 + n_global * max(1, chunk_size // max(n_global, 1))
     return cfg.n_layers * cfg.n_kv_heads * slots * 2 * cfg.head_dim * itemsize
 
 

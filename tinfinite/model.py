@@ -101,6 +101,7 @@ class Step:
         self.far = cache.n_global > 0 and cache.next_pos - 1 >= cache.n_local
         starts = None
         if self.far:
+            cache.clear_unwritten()
             # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
             # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
             cos, sin = rope.cos_sin(positions.cpu() - cache.n_local, inv_freq, dtype, dev)

@@ -271,3 +271,14 @@ def test_tiny_temperature_is_greedy_not_a_crash(capsys, good):
                                           "--seed", 1)]) == greedy == 0
     assert capsys.readouterr().out == greedy_out
 
+
+
+def test_float16_overflow_is_reported_not_printed(capsys, model):
+    """Activations past float16's 65504: the logits turn NaN/inf, and the run says so."""
+    weights = load_file(model / "model.safetensors")
+    weights["model.embed_tokens.weight"] *= 1e6
+    save_file(weights, str(model / "model.safetensors"))
+    fails(capsys, gen(model, "--dtype", "float16"), "float16", "NaN")
+    fails(capsys, ["perplexity", "--model", model, "--file", __file__, "--dtype", "float16"],
+          "float16")
+    assert main.main([str(a) for a in gen(model)]) == 0  # float32 copes with the same weights

@@ -1,6 +1,6 @@
 """The KV cache: one preallocated buffer per layer, written in place, never grown.
 
-Slot layout (DESIGN.md §3), per layer, S = ring + n_global * far_chunk slots:
+Slot layout (DESIGN.md §3), per layer, S = ring + n_global * max_chunk slots:
 
     slot:  0 .. ring-1                         | ring .. S-1
            the ring: the token at position p   | starting-token copies: for each query row t
@@ -18,9 +18,9 @@ Starting tokens. Query i must see starting token g beyond its window at distance
 <rot(q, i), rot(k_g, i - ceiling)> = <rot(q, ceiling), k_g> (RoPE is relative). So the first
 n_global keys are also kept un-rotated (`k_start`), and each call writes, for each of its T
 rows, a copy rotated at i_t - ceiling into the copy area, which only row t may see (values are
-copied as they are). Such a call takes at most far_chunk = max_chunk // n_global tokens
-(room()), so the copies never outnumber one chunk: at most max_chunk extra slots, and at
-most max_chunk extra keys per query.
+copied as they are). Memory: n_global * max_chunk extra slots. (Smaller calls would need
+fewer copies, but every call reads all the weights: calls of max_chunk // n_global tokens
+halved prefill speed at 16K tokens here.)
 
 Memory is reserved once, with torch.empty: pages become resident only as slots are written,
 so a short prompt does not pay for the whole window. A slot is never read before it is written,
@@ -44,9 +44,8 @@ class KVCache:
         self.grows = n_local is None
         assert not (self.grows and n_global), "full attention has no starting tokens"
         self.max_chunk = max_chunk
-        self.far_chunk = max(1, max_chunk // max(n_global, 1))
         ring = 2 * max_chunk if self.grows else self.n_local + max_chunk - 1
-        shape = (n_layers, batch, n_kv_heads, ring + n_global * self.far_chunk, head_dim)
+        shape = (n_layers, batch, n_kv_heads, ring + n_global * max_chunk, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self._cleared = False   # unwritten ring slots and the copy area zeroed (see above)
@@ -62,7 +61,7 @@ class KVCache:
     def _make_views(self):
         # Per-layer views, made once: the per-token path then only indexes and narrows.
         L, B, Hkv, _, hd = self.k.shape
-        R, G, C = self.ring, self.n_global, self.far_chunk
+        R, G, C = self.ring, self.n_global, self.max_chunk
         self.k_layer = [self.k[i] for i in range(L)]                               # (B, Hkv, S, hd)
         self.v_layer = [self.v[i] for i in range(L)]
         self.k_copies = [self.k[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
@@ -82,20 +81,12 @@ class KVCache:
         self.pos.fill_(-1)
         self.next_pos, self.offset = 0, offset
 
-    def room(self) -> int:
-        """How many tokens the next call may take: max_chunk, or far_chunk once its queries see
-        starting tokens from beyond the window (each row then needs its own copies)."""
-        n = self.next_pos
-        if self.n_global == 0 or n + self.max_chunk - 1 < self.n_local:
-            return self.max_chunk
-        return max(self.n_local - n, self.far_chunk)  # up to the window's end, then small calls
-
     def claim(self, T: int) -> torch.Tensor:
         """Take slots for the next T tokens; return their absolute positions (T,) int64.
 
         Updates the position table once for all layers; each layer then calls write().
         """
-        assert 0 < T <= self.room(), f"a call of {T} tokens; room() allows {self.room()}"
+        assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
         n = self.next_pos
         if self.grows and n + T > self.ring:
             self._grow(n + T)

@@ -134,7 +134,7 @@ class Engine:
         self.cache.reset()
         s = 0
         while s < len(ids):
-            T = self.cache.room()
+            T = self.chunk_size
             logits = self.model(self._tensor(ids[s:s + T]), self.cache)
             s += T
         return logits[0]                                                   # (vocab,)
@@ -208,7 +208,7 @@ class Engine:
         self.cache.reset()
         nll, s = 0.0, 0
         while s < len(ids) - 1:
-            T = self.cache.room()
+            T = self.chunk_size
             logits = self.model(self._tensor(ids[s:s + T]), self.cache, last_only=False)[0]
             check_finite(logits)
             targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)    # (<= T,)
@@ -223,7 +223,7 @@ class Engine:
 
 def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
     """Bytes of the Λ cache (cache.py): K and V for the ring and the starting-token copies."""
-    slots = n_local + chunk_size - 1 + n_global * max(1, chunk_size // max(n_global, 1))
+    slots = n_local + chunk_size - 1 + n_global * chunk_size
     return cfg.n_layers * cfg.n_kv_heads * slots * 2 * cfg.head_dim * itemsize
 
 

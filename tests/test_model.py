@@ -28,11 +28,8 @@ def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=Fal
         cache.k.fill_(float("nan"))
         cache.v.fill_(float("nan"))
     cache.reset(offset)
-    x, out, s = torch.tensor([ids]), [], 0
-    while s < len(ids):
-        T = chunk
-        out.append(model(x[:, s:s + T], cache, last_only=False))
-        s += T
+    x = torch.tensor([ids])
+    out = [model(x[:, s:s + chunk], cache, last_only=False) for s in range(0, len(ids), chunk)]
     return torch.cat(out, dim=1)[0]
 
 
@@ -147,8 +144,7 @@ def test_cache_memory_does_not_grow_with_input(tmp_path):
     cfg = model.cfg
     cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=8, max_chunk=4)
     buffers = (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape)
-    while cache.next_pos < 400:
-        T = min(4, 400 - cache.next_pos)
-        model(torch.tensor([[cache.next_pos % 96] * T]), cache)
+    for s in range(0, 400, 4):
+        model(torch.tensor([[s % 96] * 4]), cache)
     assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape) == buffers
     assert sorted(cache.pos.tolist()) == list(range(400 - cache.ring, 400))

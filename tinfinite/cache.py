@@ -1,4 +1,4 @@
-"""The KV cache: one preallocated buffer per layer, written in place, never grown.
+"""The KV cache: one buffer per layer, reserved once and written in place.
 
 Slot layout (DESIGN.md §3), per layer, S = ring + n_global * max_chunk slots:
 

@@ -132,11 +132,8 @@ class Engine:
         if not ids:
             raise UserError("the prompt is empty; give some text")
         self.cache.reset()
-        s = 0
-        while s < len(ids):
-            T = self.chunk_size
-            logits = self.model(self._tensor(ids[s:s + T]), self.cache)
-            s += T
+        for s in range(0, len(ids), self.chunk_size):
+            logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
         return logits[0]                                                   # (vocab,)
 
     def generate_ids(self, ids: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -206,14 +203,12 @@ class Engine:
         next chunk's first token too.
         """
         self.cache.reset()
-        nll, s = 0.0, 0
-        while s < len(ids) - 1:
-            T = self.chunk_size
+        nll, T = 0.0, self.chunk_size
+        for s in range(0, len(ids) - 1, T):
             logits = self.model(self._tensor(ids[s:s + T]), self.cache, last_only=False)[0]
             check_finite(logits)
             targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)    # (<= T,)
             nll += F.cross_entropy(logits[:len(targets)].float(), targets, reduction="sum").item()
-            s += T
         return Score(tokens=max(len(ids) - 1, 0), nll=nll)
 
     def score(self, text: str) -> Score:

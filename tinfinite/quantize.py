@@ -4,7 +4,7 @@ Decoding reads every weight once per token, so it is bound by memory traffic (DE
 int8 weights are half the bytes of bfloat16 and a quarter of float32. Each output row gets
 one scale, max|row| / 127 (symmetric, per channel), and `torch.ops.aten._weight_int8pack_mm`
 multiplies without ever materialising float weights. Its input goes in as bfloat16, whatever
-the model's dtype: on CPUs that is the fast kernel (float32 input ran ~5x slower here).
+the model's dtype: on CPUs that is the fast kernel (float32 input ran 7-10x slower here).
 Embedding lookups stay exact; a tied LM head gets its own int8 copy.
 """
 import torch

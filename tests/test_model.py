@@ -20,13 +20,17 @@ UNBOUNDED = 10 ** 9
 def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False):
     """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
 
-    dirty: fill the cache's reserved memory with NaN first, as uninitialised memory may be."""
+    dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
+    for top-k) with NaN first, as uninitialised memory may be."""
     cfg = model.cfg
     cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=n_global,
                     n_local=n_local, max_chunk=chunk, dtype=dtype or model.embed_tokens.weight.dtype)
     if dirty:
-        cache.k.fill_(float("nan"))
-        cache.v.fill_(float("nan"))
+        for t in (cache.k, cache.v):
+            t[:, :, :, :cache.ring].fill_(float("nan"))
+        for t in (cache.k_all, cache.v_all):
+            if t is not None:
+                t.fill_(float("nan"))
     cache.reset(offset)
     x = torch.tensor([ids])
     out = [model(x[:, s:s + chunk], cache, last_only=False) for s in range(0, len(ids), chunk)]

@@ -23,58 +23,83 @@ For n_global = 2, n_local = 4 (x = window key, g = starting token seen at the ce
      6   g g . x x x x
      7   g g . . x x x x
 
-How one call does it: the keys are [ring | starting-token copies] (cache.py). Ring keys are
-stored rotated at their true positions, so <rot(q, i), rot(k, j)> is RoPE at distance i - j.
-Row t of the call gets its own copies of the starting keys, rotated at i_t - ceiling, so
-<rot(q, i_t), rot(k_g, i_t - ceiling)> = <rot(q, ceiling), k_g>: the ceiling, exactly. The mask
-lets each row see the window part of the ring and, once they are beyond its window, its own
-copies only:
+How one call does it. SDPA computes softmax(q k^T / sqrt(hd) + mask) v, and the mask may hold
+any number, not only 0 and -inf. The keys are [ring | starting tokens | picks] (cache.py):
 
-    keys:        ring (R slots)         | copies of row 0 | copies of row 1 | ...
-    row 0 sees   0 <= i_0 - pos < n_l   | g: i_0 - g >= n_l |       -         |
-    row 1 sees   0 <= i_1 - pos < n_l   |        -        | g: i_1 - g >= n_l |
+- ring keys are stored rotated at their true positions, so <rot(q, i), rot(k, j)> is RoPE at
+  distance i - j; the mask is 0 inside each row's window and -inf outside (`lambda_mask`);
+- a far starting token must be scored at the ceiling whatever the row, <rot(q_i, ceiling), k_g>:
+  that is one small (rows x n_global) matmul per layer (`scores`), written into the mask's
+  starting-token columns, whose keys are zero (q . 0 = 0, so the mask alone is the score);
+- top-k middle attention (opt-in, the paper's retrieval variant, DESIGN.md §2) adds, for the
+  last row of a call, the k best-scoring middle keys of each head the same way, scored at
+  distance n_local / 2 (`top_k_middle`).
+
+One softmax thus runs over window, starting tokens and picks together, as the rule says.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def lambda_mask(q_pos: torch.Tensor, ring_pos: torch.Tensor, start_pos: torch.Tensor | None,
-                n_local: int) -> torch.Tensor:
-    """(T, R [+ T * G]) bool, True = may attend. Built from absolute positions only.
+def lambda_mask(q_pos: torch.Tensor, ring_pos: torch.Tensor, n_local: int) -> torch.Tensor:
+    """(T, R) bool, True = the ring slot is in the query's window. From absolute positions only.
 
-    q_pos: (T,) query positions; ring_pos: (R,) positions held by the ring slots (-1 = empty);
-    start_pos: (G,) positions of the starting tokens (-1 = not seen yet), whose per-row copies
-    follow the ring (None: no copies in this call).
+    q_pos: (T,) query positions; ring_pos: (R,) positions held by the ring slots (-1 = empty).
     """
     d = q_pos[:, None] - ring_pos[None, :]                              # (T, R)
-    mask = (ring_pos >= 0) & (d >= 0) & (d < n_local)
-    if start_pos is None:
-        return mask
-    T, G = q_pos.numel(), start_pos.numel()
-    beyond = (start_pos >= 0) & (q_pos[:, None] - start_pos[None, :] >= n_local)  # (T, G)
-    own = torch.eye(T, dtype=torch.bool, device=q_pos.device)           # row t sees copies t
-    copies = own[:, :, None] & beyond[:, None, :]                       # (T, T, G)
-    return torch.cat([mask, copies.reshape(T, T * G)], dim=1)
+    return (ring_pos >= 0) & (d >= 0) & (d < n_local)
+
+
+def beyond_window(q_pos: torch.Tensor, start_pos: torch.Tensor, n_local: int) -> torch.Tensor:
+    """(T, G) bool, True = starting token g is out of query t's window, so it is seen at the
+    ceiling through the starting-token columns (inside the window it is an ordinary ring key)."""
+    return (start_pos >= 0) & (q_pos[:, None] - start_pos[None, :] >= n_local)
+
+
+def fold(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+    """(B, H, T, hd) -> (B, Hkv, group * T, hd): the query heads that share a key head become
+    extra query rows of it, in the order (head in group, t)."""
+    B, H, T, hd = q.shape
+    return q.reshape(B, n_kv_heads, H // n_kv_heads * T, hd)
+
+
+def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q (B, Hkv, rows, hd) . k (B, Hkv, N, hd) / sqrt(hd) -> (B, Hkv, rows, N), as SDPA scales."""
+    return q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]))
+
+
+def top_k_middle(q: torch.Tensor, k_mid: torch.Tensor, v_mid: torch.Tensor, k: int):
+    """Each query head's k best middle keys: their scores (B, Hkv, group, k') and values
+    (B, Hkv, group, k', hd), k' = min(k, M).
+
+    q: (B, Hkv, group, hd) the call's last row, folded, rotated at n_local / 2 (the paper's
+    fixed distance for middle tokens); k_mid, v_mid: (B, Hkv, M, hd) un-rotated middle keys.
+    """
+    s = scores(q, k_mid)                                                # (B, Hkv, group, M)
+    top, idx = s.topk(min(k, s.shape[-1]), dim=-1)                      # (B, Hkv, group, k')
+    B, Hkv, group, kk = idx.shape
+    flat = idx.reshape(B, Hkv, group * kk, 1).expand(-1, -1, -1, v_mid.shape[-1])
+    return top, v_mid.gather(2, flat).view(B, Hkv, group, kk, -1)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One scaled_dot_product_attention call over the visible cache slots.
 
-    q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd); mask: (group * T, S) additive
-    (0 / -inf), the (T, S) mask repeated for each of the group = H / Hkv query heads that share
-    a key head (fold_mask). Returns (B, H, T, hd).
+    q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd); mask: additive, (group * T, S)
+    or (B, Hkv, group * T, S), rows in the order of fold(). Returns (B, H, T, hd).
 
     Grouped-query attention is folded: the group's query heads become extra query rows of
     their shared key head, so every key and value is read from memory once per layer, not
     once per query head (decoding is bound by exactly that traffic).
     """
     B, H, T, hd = q.shape
-    Hkv = k.shape[1]
-    y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv * T, hd), k, v, attn_mask=mask)
-    return y.view(B, H, T, hd)                                # rows were (head in group, t)
+    y = F.scaled_dot_product_attention(fold(q, k.shape[1]), k, v, attn_mask=mask)
+    return y.view(B, H, T, hd)
 
 
-def fold_mask(visible: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
-    """(T, S) bool -> (group * T, S) additive mask, in the order attend() folds query rows."""
-    additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-    return additive.masked_fill_(~visible, float("-inf")).repeat(group, 1)
+def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool -> additive mask of the same shape: 0 where visible, -inf elsewhere."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(
+        ~visible, float("-inf"))

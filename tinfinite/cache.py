@@ -1,11 +1,11 @@
 """The KV cache: one buffer per layer, reserved once and written in place.
 
-Slot layout (DESIGN.md §3), per layer, S = ring + n_global * max_chunk slots:
+Slot layout (DESIGN.md §3), per layer and key head, S = ring + n_global + group * top_k slots:
 
-    slot:  0 .. ring-1                         | ring .. S-1
-           the ring: the token at position p   | starting-token copies: for each query row t
-           lives in slot p % ring, overwriting | of the current call, n_global keys rotated
-           p - ring                            | so that row t sees them at the ceiling
+    slot:  0 .. ring-1                  | ring .. +n_global        | then group * top_k
+           the ring: the token at       | the starting tokens'     | top-k middle picks of the
+           position p lives in slot     | values; their keys are   | call's last row, one block
+           p % ring, overwriting p-ring | zero (scores: the mask)  | per query head (opt-in)
 
 Ring slots remember the absolute position they hold (-1 = empty); masks are built from those
 positions, never from slot numbers, so nothing breaks when the ring wraps.
@@ -14,21 +14,20 @@ The ring has n_local + max_chunk - 1 slots rather than n_local: a chunk of T tok
 *before* it attends (so the call needs no concatenation), and the extra slots keep the keys
 that the chunk's first queries still see. Decoding (T = 1) needs exactly n_local.
 
-Starting tokens. Query i must see starting token g beyond its window at distance `ceiling`:
-<rot(q, i), rot(k_g, i - ceiling)> = <rot(q, ceiling), k_g> (RoPE is relative). So the first
-n_global keys are also kept un-rotated (`k_start`), and each call writes, for each of its T
-rows, a copy rotated at i_t - ceiling into the copy area, which only row t may see (values are
-copied as they are). Memory: n_global * max_chunk extra slots. (Smaller calls would need
-fewer copies, but every call reads all the weights: calls of max_chunk // n_global tokens
-halved prefill speed at 16K tokens here.)
+Starting tokens and picks are attended at a distance that depends on the query, not on where
+the key stands (the ceiling; n_local / 2 for picks), so their keys cannot be stored rotated once.
+Their scores are computed per call from un-rotated keys (`k_start`, `k_all`) and reach SDPA
+through the additive mask (attention.py); the slots hold their values and zero keys.
 
 Memory is reserved once, with torch.empty: pages become resident only as slots are written,
 so a short prompt does not pay for the whole window. A slot is never read before it is written,
-except by the masked keys of a call that sees the whole ring; those, and the copies, are zeroed
-once when the first such call comes (a masked key must still be finite: 0 * NaN = NaN).
+except by the masked keys of a call that sees the whole ring; those are zeroed once when the
+first such call comes (a masked key must still be finite: 0 * NaN = NaN).
 
 `--attention full` is the same cache with no window and no starting tokens: its ring starts
 small and doubles when full (the growing cache of a vanilla engine, the paper's baseline).
+Top-k middle attention (opt-in) keeps every token's un-rotated key and value (`k_all`, `v_all`),
+which grow with the input the same way: that is its memory cost.
 """
 import torch
 
@@ -37,35 +36,34 @@ NO_LIMIT = 1 << 62  # the window of full attention
 
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, n_global: int,
-                 n_local: int | None, max_chunk: int, dtype=torch.float32, device="cpu",
-                 batch: int = 1):
+                 n_local: int | None, max_chunk: int, top_k: int = 0, top_k_from_layer: int = 4,
+                 group: int = 1, dtype=torch.float32, device="cpu", batch: int = 1):
         self.n_global = n_global
         self.n_local = NO_LIMIT if n_local is None else n_local
         self.grows = n_local is None
-        assert not (self.grows and n_global), "full attention has no starting tokens"
+        assert not (self.grows and (n_global or top_k)), "full attention sees every token"
         self.max_chunk = max_chunk
+        self.top_k, self.top_k_from_layer, self.group = top_k, top_k_from_layer, group
         ring = 2 * max_chunk if self.grows else self.n_local + max_chunk - 1
-        shape = (n_layers, batch, n_kv_heads, ring + n_global * max_chunk, head_dim)
+        extra = n_global + group * top_k
+        shape = (n_layers, batch, n_kv_heads, ring + extra, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self._cleared = False   # unwritten ring slots and the copy area zeroed (see above)
+        self.k[:, :, :, ring:].zero_()  # starting tokens and picks: zero keys, values set later
+        self.v[:, :, :, ring:].zero_()
+        self._cleared = False           # unwritten ring slots zeroed (see above)
         starts = (n_layers, batch, n_kv_heads, n_global, head_dim)
         self.k_start = torch.zeros(starts, dtype=dtype, device=device)  # starting keys, un-rotated
-        self.v_start = torch.zeros(starts, dtype=dtype, device=device)
+        # Every token's un-rotated key and value, for top-k middle attention only.
+        self.k_all = self.v_all = None
+        if top_k:
+            self.k_all = torch.empty((n_layers, batch, n_kv_heads, 2 * max_chunk, head_dim),
+                                     dtype=dtype, device=device)
+            self.v_all = torch.empty_like(self.k_all)
         self.pos = torch.full((ring,), -1, dtype=torch.int64, device=device)  # per ring slot
-        self.next_pos = 0       # position of the next token to be written
+        self.next_pos = 0       # position of the next token to be written (before the offset)
         self.offset = 0         # added to every position (tests shift it by 10^9)
         self._ring_slots = self._starts = None
-        self._make_views()
-
-    def _make_views(self):
-        # Per-layer views, made once: the per-token path then only indexes and narrows.
-        L, B, Hkv, _, hd = self.k.shape
-        R, G, C = self.ring, self.n_global, self.max_chunk
-        self.k_layer = [self.k[i] for i in range(L)]                               # (B, Hkv, S, hd)
-        self.v_layer = [self.v[i] for i in range(L)]
-        self.k_copies = [self.k[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
-        self.v_copies = [self.v[i, :, :, R:].view(B, Hkv, C, G, hd) for i in range(L)]
 
     @property
     def ring(self) -> int:
@@ -89,7 +87,9 @@ class KVCache:
         assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
         n = self.next_pos
         if self.grows and n + T > self.ring:
-            self._grow(n + T)
+            self._grow_ring(n + T)
+        if self.k_all is not None and n + T > self.k_all.shape[3]:
+            self.k_all, self.v_all = _grown(self.k_all, n + T), _grown(self.v_all, n + T)
         idx = torch.arange(n, n + T, device=self.pos.device)
         positions = idx + self.offset
         self._ring_slots = idx % self.ring
@@ -105,49 +105,68 @@ class KVCache:
         k_rot: (B, Hkv, T, hd) keys rotated at their positions; k_raw: the same, un-rotated;
         v: (B, Hkv, T, hd).
         """
-        self.k_layer[layer].index_copy_(2, self._ring_slots, k_rot)
-        self.v_layer[layer].index_copy_(2, self._ring_slots, v)
+        self.k[layer].index_copy_(2, self._ring_slots, k_rot)
+        self.v[layer].index_copy_(2, self._ring_slots, v)
         if self._starts is not None:
             a, b = self._starts
             self.k_start[layer, :, :, a:b] = k_raw[:, :, :b - a]
-            self.v_start[layer, :, :, a:b] = v[:, :, :b - a]
+            self.v[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :b - a]
+        if self.k_all is not None:
+            n, T = self.next_pos, v.shape[2]
+            self.k_all[layer, :, :, n - T:n] = k_raw
+            self.v_all[layer, :, :, n - T:n] = v
 
-    def write_copies(self, layer: int, k: torch.Tensor):
-        """k: (B, Hkv, T, n_starts, hd), row t's starting keys rotated at i_t - ceiling."""
-        T, G = k.shape[2], k.shape[3]
-        self.k_copies[layer][:, :, :T, :G] = k
-        self.v_copies[layer][:, :, :T, :G] = self.v_start[layer, :, :, None, :G]  # same per row
+    def write_picks(self, layer: int, v: torch.Tensor):
+        """v: (B, Hkv, group, k, hd), the values of each query head's top-k middle picks."""
+        k = v.shape[3]
+        start = self.ring + self.n_global
+        picks = self.v[layer, :, :, start:].unflatten(2, (self.group, self.top_k))
+        picks[:, :, :, :k] = v
+
+    def middle(self, layer: int, last: int):
+        """Un-rotated keys and values (B, Hkv, M, hd) of the middle tokens of the query at
+        position `last` (offset included): n_global <= j <= last - n_local."""
+        end = last - self.offset - self.n_local + 1
+        return (self.k_all[layer, :, :, self.n_global:end],
+                self.v_all[layer, :, :, self.n_global:end])
 
     def clear_unwritten(self):
         """Before the first call that reads the whole ring: zero what was never written."""
         if not self._cleared:
-            for t in (self.k, self.v):
-                t[:, :, :, min(self.next_pos, self.ring):].zero_()  # ring tail and copy area
+            self.k[:, :, :, self.next_pos:self.ring].zero_()
+            self.v[:, :, :, self.next_pos:self.ring].zero_()
             self._cleared = True
 
-    def visible(self, layer: int, T: int, far: bool):
-        """Key and value views (B, Hkv, S, hd) for a call of T rows; no copies.
+    def visible(self, layer: int, wide: bool, picks: bool):
+        """Key and value views (B, Hkv, S, hd) of the slots a call attends over.
 
-        far=False (no query is n_local past a starting token yet): the filled ring, exactly a
-        vanilla cache. far=True: the whole ring, then the T rows' starting-token copies.
+        wide=False (no query is n_local past token 0 yet): the filled ring, exactly a vanilla
+        cache. wide=True: the whole ring, the starting tokens, and the picks if `picks`.
         """
-        n = self.ring + T * self.n_global if far else min(self.next_pos, self.ring)
-        return self.k_layer[layer][:, :, :n], self.v_layer[layer][:, :, :n]
+        n = min(self.next_pos, self.ring)
+        if wide:
+            n = self.ring + self.n_global + (self.group * self.top_k if picks else 0)
+        return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
 
-    def ring_positions(self, far: bool) -> torch.Tensor:
+    def ring_positions(self, wide: bool) -> torch.Tensor:
         """(S_ring,) positions of the ring slots that visible() returns."""
-        return self.pos if far else self.pos[:min(self.next_pos, self.ring)]
+        return self.pos if wide else self.pos[:min(self.next_pos, self.ring)]
 
-    def _grow(self, needed: int):
+    def _grow_ring(self, needed: int):
         ring = self.ring
         while ring < needed:
             ring *= 2
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_empty(*old.shape[:3], ring, old.shape[4])  # full attention: no copies
-            new[:, :, :, :old.shape[3]] = old
-            setattr(self, name, new)
+        self.k, self.v = _grown(self.k, ring), _grown(self.v, ring)  # full attention: no extras
         pos = self.pos.new_full((ring,), -1)
         pos[:self.pos.numel()] = self.pos
         self.pos = pos
-        self._make_views()
+
+
+def _grown(t: torch.Tensor, needed: int) -> torch.Tensor:
+    """t (L, B, H, N, hd) copied into a buffer of at least `needed` slots (doubling)."""
+    n = t.shape[3]
+    while n < needed:
+        n *= 2
+    new = t.new_empty(*t.shape[:3], n, t.shape[4])
+    new[:, :, :, :t.shape[3]] = t
+    return new

@@ -26,8 +26,11 @@ from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
 
+N_GLOBAL = 10  # the paper's number of starting tokens (§4)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION = ("lambda", "full")
+# lambda: LM-Infinite; full: vanilla causal attention (growing cache); window: a plain sliding
+# window without starting tokens (the paper's failing baseline, factor 3).
+ATTENTION = ("lambda", "full", "window")
 
 
 @dataclass
@@ -73,27 +76,38 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Engine:
-    def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int = 10,
-                 n_local: int | None = None, attention: str = "lambda", chunk_size: int = 256):
+    def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int | None = None,
+                 n_local: int | None = None, attention: str = "lambda", chunk_size: int = 256,
+                 top_k_middle: int = 0, top_k_from_layer: int = 4):
         if attention not in ATTENTION:
             raise UserError(f"--attention {attention}: choose one of {', '.join(ATTENTION)}")
         for flag, value, least in (("--n-global", n_global, 0), ("--n-local", n_local, 1),
-                                   ("--chunk-size", chunk_size, 1)):
+                                   ("--chunk-size", chunk_size, 1),
+                                   ("--top-k-middle", top_k_middle, 0),
+                                   ("--top-k-from-layer", top_k_from_layer, 0)):
             if value is not None and (not isinstance(value, int) or value < least):
                 raise UserError(f"{flag} {value}: must be an integer >= {least}")
+        if attention != "lambda" and n_global:
+            raise UserError(f"--n-global: --attention {attention} has no starting tokens")
+        if attention == "full" and (n_local or top_k_middle):
+            raise UserError("--attention full sees every token: it takes no --n-local or "
+                            "--top-k-middle")
         self.model, self.tokenizer = model, tokenizer
         self.attention = attention
         # LM-Infinite's defaults (§4): the window is the pre-training length, 10 starting tokens.
         self.n_local = n_local or model.cfg.max_position_embeddings
-        self.n_global = n_global
+        self.n_global = (N_GLOBAL if n_global is None else n_global) if attention == "lambda" else 0
         self.chunk_size = chunk_size
+        # Opt-in retrieval variant (DESIGN.md §2): keeps every token's key and value.
+        self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
         self.stats = Stats()
         self._cache: KVCache | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
              quantize: str | None = None, **options) -> "Engine":
-        """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size.
+        """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
+        top_k_middle, top_k_from_layer (see Engine).
 
         quantize="int8": int8 weight-only matmuls (quantize.py), opt-in."""
         if dtype not in DTYPES:
@@ -113,15 +127,17 @@ class Engine:
         if self._cache is None:
             cfg, w = self.model.cfg, self.model.embed_tokens.weight
             full = self.attention == "full"
+            group = cfg.n_heads // cfg.n_kv_heads
             if not full:
                 _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
                                           w.element_size()), w.device,
                               f"--n-local {self.n_local}, --n-global {self.n_global}, "
                               f"--chunk-size {self.chunk_size}")
             self._cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
-                                  n_global=0 if full else self.n_global,
-                                  n_local=None if full else self.n_local,
-                                  max_chunk=self.chunk_size, dtype=w.dtype, device=w.device)
+                                  n_global=self.n_global, n_local=None if full else self.n_local,
+                                  max_chunk=self.chunk_size, top_k=self.top_k_middle,
+                                  top_k_from_layer=self.top_k_from_layer, group=group,
+                                  dtype=w.dtype, device=w.device)
         return self._cache
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
@@ -217,8 +233,8 @@ class Engine:
 
 
 def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
-    """Bytes of the Λ cache (cache.py): K and V for the ring and the starting-token copies."""
-    slots = n_local + chunk_size - 1 + n_global * chunk_size
+    """Bytes of the Λ cache (cache.py): K and V of the ring and the starting tokens."""
+    slots = n_local + chunk_size - 1 + n_global
     return cfg.n_layers * cfg.n_kv_heads * slots * 2 * cfg.head_dim * itemsize
 
 

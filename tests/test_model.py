@@ -17,14 +17,17 @@ from tinfinite.checkpoint import load_model
 UNBOUNDED = 10 ** 9
 
 
-def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False):
+def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False, top_k=0,
+        from_layer=4):
     """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
 
     dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
     for top-k) with NaN first, as uninitialised memory may be."""
     cfg = model.cfg
     cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=n_global,
-                    n_local=n_local, max_chunk=chunk, dtype=dtype or model.embed_tokens.weight.dtype)
+                    n_local=n_local, max_chunk=chunk, top_k=top_k, top_k_from_layer=from_layer,
+                    group=cfg.n_heads // cfg.n_kv_heads,
+                    dtype=dtype or model.embed_tokens.weight.dtype)
     if dirty:
         for t in (cache.k, cache.v):
             t[:, :, :, :cache.ring].fill_(float("nan"))
@@ -72,15 +75,40 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
 
 
+def test_top_k_middle_attention_equals_rule(tmp_path):
+    """The last row of each call also sees, per head, its top-k middle keys at n_local / 2."""
+    rng = random.Random(1)
+    for trial in range(8):
+        over = dict(num_key_value_heads=rng.choice([1, 2, 4]))
+        folder = tmp_path / str(trial)
+        state = make_tiny_model(folder, seed=trial, **over)
+        model = load_model(folder, dtype=torch.float64)
+        n_global, n_local, chunk = rng.randint(0, 4), rng.randint(2, 10), rng.randint(1, 6)
+        top_k, from_layer = rng.randint(1, 6), rng.randint(0, 1)
+        ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
+        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
+                  from_layer=from_layer)
+        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
+        want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
+                                model.inv_freq, top_k, from_layer, last_rows)
+        plain = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
+                                 model.inv_freq)
+        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, T=len(ids))
+        assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+        assert not torch.allclose(got, plain, atol=1e-3), setting  # the picks do change rows
+
+
 def test_reserved_but_unwritten_cache_memory_is_never_used(tmp_path):
     """The cache reserves its memory with torch.empty; garbage there must never reach a score."""
     make_tiny_model(tmp_path)
     model = load_model(tmp_path)
     ids = [random.Random(4).randrange(96) for _ in range(90)]
-    for n_global, n_local, chunk in ((3, 16, 8), (2, 5, 7), (0, 16, 8), (0, None, 8)):
-        clean = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
-        dirty = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, dirty=True)
-        assert torch.equal(clean, dirty), (n_global, n_local, chunk)
+    for n_global, n_local, chunk, top_k in ((3, 16, 8, 0), (2, 5, 7, 0), (0, 16, 8, 0),
+                                            (0, None, 8, 0), (2, 5, 7, 3)):
+        clean = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k)
+        dirty = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
+                    dirty=True)
+        assert torch.equal(clean, dirty), (n_global, n_local, chunk, top_k)
 
 
 def test_full_attention_equals_rule_without_window(tmp_path):

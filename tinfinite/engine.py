@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,8 +140,9 @@ class Engine:
                                   dtype=w.dtype, device=w.device)
         return self._cache
 
-    def _tensor(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor([ids], dtype=torch.long, device=self.model.embed_tokens.weight.device)
+    def _tensor(self, ids) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long,
+                            device=self.model.embed_tokens.weight.device)
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
         """Stream ids through a fresh cache, chunk by chunk; return the last position's logits."""
@@ -212,19 +213,24 @@ class Engine:
         yield pending if cut is None else pending[:cut]
 
     @torch.inference_mode()
-    def perplexity(self, ids: list[int]) -> Score:
-        """NLL of ids[1:] given what precedes each, streamed chunk by chunk.
+    def token_nlls(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
+        """Per-token NLL (float64, CPU) of ids[1:] given what precedes each, chunk by chunk.
 
         Never holds more than (chunk_size, vocab) logits: each chunk's rows predict the
         next chunk's first token too.
         """
         self.cache.reset()
-        nll, T = 0.0, self.chunk_size
+        T = self.chunk_size
         for s in range(0, len(ids) - 1, T):
             logits = self.model(self._tensor(ids[s:s + T]), self.cache, last_only=False)[0]
             check_finite(logits)
-            targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)    # (<= T,)
-            nll += F.cross_entropy(logits[:len(targets)].float(), targets, reduction="sum").item()
+            targets = torch.tensor(list(ids[s + 1:s + T + 1]), device=logits.device)  # (<= T,)
+            yield F.cross_entropy(logits[:len(targets)].float(), targets,
+                                  reduction="none").double().cpu()
+
+    def perplexity(self, ids: list[int]) -> Score:
+        """NLL of ids[1:] given what precedes each, streamed chunk by chunk."""
+        nll = sum(chunk.sum().item() for chunk in self.token_nlls(ids))
         return Score(tokens=max(len(ids) - 1, 0), nll=nll)
 
     def score(self, text: str) -> Score:

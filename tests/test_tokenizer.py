@@ -243,3 +243,14 @@ def test_broken_files_name_the_file(tmp_path, bpe_folder):
     (bpe_folder / "generation_config.json").write_text("{", encoding="utf-8")
     with pytest.raises(UserError, match="generation_config.json"):
         Tokenizer.from_folder(bpe_folder)
+
+
+@pytest.mark.parametrize("kind", ["bpe_folder", "sp_folder"])
+def test_long_text_in_pieces_encodes_as_a_whole(kind, request):
+    """encode_long cuts book-length text into pieces; the ids must not notice the cuts."""
+    tok = Tokenizer.from_folder(request.getfixturevalue(kind))
+    lines = [" ".join(CORPUS[i:i + 3]) for i in range(0, 60, 3)]
+    text = "\n".join(lines) + "\n\n  indented\n" + "word " * 200 + "\n" + TEXT
+    for piece_chars in (50, 97, 400, 1 << 16):
+        assert list(tok.encode_long(text, piece_chars=piece_chars)) == tok.encode(text)
+    assert list(tok.encode_long(text, max_tokens=33, piece_chars=50)) == tok.encode(text)[:33]

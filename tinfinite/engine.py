@@ -102,6 +102,7 @@ class Engine:
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
         self.stats = Stats()
         self._cache: KVCache | None = None
+        self._unfed: int | None = None  # the last generated token, if it is not in the cache
 
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
@@ -144,25 +145,35 @@ class Engine:
         return torch.tensor([list(ids)], dtype=torch.long,
                             device=self.model.embed_tokens.weight.device)
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Stream ids through a fresh cache, chunk by chunk; return the last position's logits."""
+    def prefill(self, ids: list[int], resume: bool = False) -> torch.Tensor:
+        """Stream ids through the cache, chunk by chunk; return the last position's logits.
+
+        A fresh cache, or with resume=True after everything the cache already holds (and the
+        last generated token, if it was not fed yet)."""
+        if resume and self._unfed is not None:
+            ids = [self._unfed] + list(ids)
         if not ids:
             raise UserError("the prompt is empty; give some text")
-        self.cache.reset()
+        if not resume:
+            self.cache.reset()
+        self._unfed = None
         for s in range(0, len(ids), self.chunk_size):
             logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
         return logits[0]                                                   # (vocab,)
 
     def generate_ids(self, ids: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     ignore_eos: bool = False) -> Iterator[int]:
-        """Yield new token ids after the prompt ids, until EOS or max_new_tokens."""
+                     ignore_eos: bool = False, resume: bool = False) -> Iterator[int]:
+        """Yield new token ids after the prompt ids, until EOS or max_new_tokens.
+
+        resume=True continues the previous call's context instead of starting afresh (an
+        endless conversation: nothing is re-read, the cache simply goes on)."""
         gen = torch.Generator().manual_seed(seed if seed is not None else
                                             torch.seed() % (1 << 63))
         eos = set() if ignore_eos else set(self.tokenizer.eos_ids if self.tokenizer else [])
         self.stats = stats = Stats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
-        logits = self.prefill(ids)
+        logits = self.prefill(ids, resume)
         stats.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         for n in range(max_new_tokens):
@@ -172,9 +183,11 @@ class Engine:
                 break
             stats.new_tokens = n + 1
             stats.decode_seconds = time.perf_counter() - t0
+            self._unfed = token  # in the text, not yet in the cache
             yield token
             if n + 1 < max_new_tokens:
                 logits = self.model(self._tensor([token]), self.cache)[0]
+                self._unfed = None
         stats.decode_seconds = time.perf_counter() - t0
 
     def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
@@ -185,17 +198,21 @@ class Engine:
         return self.tokenizer.encode(prompt)
 
     def generate(self, prompt: str, *, chat: bool = False, system: str | None = None,
-                 stop: Iterable[str] = (), **sampling) -> Iterator[str]:
+                 stop: Iterable[str] = (), resume: bool = False, **sampling) -> Iterator[str]:
         """Yield the continuation of prompt as text pieces, as they are made.
 
         sampling: max_new_tokens, temperature, top_k, top_p, seed, ignore_eos.
         Stops at EOS, after max_new_tokens, or before the first of the `stop` strings.
+        resume=True: prompt continues the text of the previous calls (their prompts and
+        replies stay in the cache; no BOS, no chat wrapping), as in examples/chat.py.
         """
         stops = [s for s in stop if s]
         decoder = StreamDecoder(self.tokenizer)
         pending = ""  # text that might still turn out to be the start of a stop string
         try:
-            for token in self.generate_ids(self.prompt_ids(prompt, chat, system), **sampling):
+            ids = self.tokenizer.encode(prompt, add_bos=False) if resume else \
+                self.prompt_ids(prompt, chat, system)
+            for token in self.generate_ids(ids, resume=resume, **sampling):
                 pending += decoder.push(token)
                 cut = _find_stop(pending, stops)
                 if cut is not None:

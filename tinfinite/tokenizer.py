@@ -231,7 +231,10 @@ class Tokenizer:
                     piece_chars: int = 1 << 16) -> array:
         """encode() for book-length text, in pieces cut where the tokenizer cuts anyway
         (_cut), into a compact int32 array: encoding 5 MB at once
-        holds ~800 MB of library state; this holds one piece's. Stops after max_tokens."""
+        holds ~800 MB of library state; this holds one piece's. Stops after max_tokens.
+        sentencepiece marks the start of every text it encodes, so it gets the whole text."""
+        if not isinstance(self.backend, _HFBackend):
+            piece_chars = len(text)
         ids, start = array("i"), 0
         while start < len(text) and (max_tokens is None or len(ids) < max_tokens):
             end = len(text) if len(text) - start <= piece_chars else \

@@ -32,7 +32,7 @@ def test_every_reference_exists():
 
 def test_the_first_screen_says_where_the_mask_is_built():
     first_screen = "\n".join(GUIDE.read_text().splitlines()[:12])
-    for ref in ("tinfinite/attention.py:lambda_mask", "tinfinite/model.py:Step"):
+    for ref in ("tinfinite/attention.py:lambda_mask", "tinfinite/attention.py:Step"):
         assert f"`{ref}`" in first_screen
 
 

@@ -42,6 +42,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tinfinite import rope
+from tinfinite.cache import KVCache
+
 
 def lambda_mask(q_pos: torch.Tensor, ring_pos: torch.Tensor, n_local: int) -> torch.Tensor:
     """(T, R) bool, True = the ring slot is in the query's window. From absolute positions only.
@@ -82,6 +85,68 @@ def top_k_middle(q: torch.Tensor, k_mid: torch.Tensor, v_mid: torch.Tensor, k: i
     B, Hkv, group, kk = idx.shape
     flat = idx.reshape(B, Hkv, group * kk, 1).expand(-1, -1, -1, v_mid.shape[-1])
     return top, v_mid.gather(2, flat).view(B, Hkv, group, kk, -1)
+
+
+class Step:
+    """What the layers of one forward call share: RoPE cos/sin of its positions and the mask
+    (built once per call, from the cache's slot positions); layer_mask() adds each layer's
+    scores of the keys seen at a fixed distance."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, dtype, group: int):
+        dev = cache.pos.device
+        self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
+        self.last = cache.next_pos - 1 + cache.offset                  # the last row's position
+        # Wide: the last query is n_local or more past token 0, so some key has left its
+        # window; the call then reads the whole ring and the keys seen at a fixed distance.
+        self.wide = cache.next_pos - 1 >= cache.n_local
+        self.n_middle = cache.next_pos - cache.n_local - cache.n_global if cache.top_k else 0
+        ring = additive(lambda_mask(positions, cache.ring_positions(self.wide), cache.n_local),
+                        dtype).repeat(group, 1)                        # (group*T, R), fold order
+        if not self.wide:
+            self.mask = ring  # the same for every head: broadcast
+            return
+        cache.clear_unwritten()
+        # Per-head mask: [ring | starting tokens | picks]; the last two are filled per layer.
+        B, Hkv = cache.k.shape[1:3]
+        self.mask = torch.full((B, Hkv, *ring.shape[:1], cache.ring + cache.n_global +
+                                group * cache.top_k), float("-inf"), dtype=dtype, device=dev)
+        self.mask[..., :cache.ring] = ring
+        g = torch.arange(cache.n_global, device=dev)
+        starts = torch.where(g < cache.n_starts, g + cache.offset, -1)  # -1: not seen yet
+        self.start_bias = additive(beyond_window(positions, starts, cache.n_local),
+                                   dtype).repeat(group, 1)             # (group*T, G)
+        # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
+        # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
+        self.cos_ceil, self.sin_ceil = rope.cos_sin(torch.tensor([cache.n_local]), inv_freq,
+                                                    dtype, dev)        # (1, hd)
+        self.cos_mid, self.sin_mid = rope.cos_sin(torch.tensor([cache.n_local // 2]), inv_freq,
+                                                  dtype, dev)
+        self._from_layer = cache.top_k_from_layer
+
+    def picks(self, layer: int) -> bool:
+        """Does the last row of this layer attend to top-k middle keys?"""
+        return self.wide and self.n_middle > 0 and layer >= self._from_layer
+
+    def layer_mask(self, layer: int, q: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The mask for one layer: in a wide call, with the scores of the keys seen at a fixed
+        distance written into their columns. q: (B, H, T, hd) un-rotated queries."""
+        if not self.wide:
+            return self.mask
+        T = q.shape[2]
+        R, G, mask = cache.ring, cache.n_global, self.mask
+        if G:  # far starting tokens, at the ceiling: <rot(q, ceiling), k_g>
+            q_ceil = fold(rope.rotate(q, self.cos_ceil, self.sin_ceil), cache.k.shape[2])
+            mask[..., R:R + G] = scores(q_ceil, cache.k_start[layer]) + self.start_bias
+        if not self.picks(layer):
+            return mask[..., :R + G]
+        # The last row's top-k middle keys, at n_local / 2, each head in its own block.
+        q_mid = fold(rope.rotate(q[:, :, -1:], self.cos_mid, self.sin_mid), cache.k.shape[2])
+        top, values = top_k_middle(q_mid, *cache.middle(layer, self.last), cache.top_k)
+        cache.write_picks(layer, values)
+        per_head = mask[..., R + G:].unflatten(2, (-1, T)).unflatten(-1, (-1, cache.top_k))
+        for g in range(per_head.shape[2]):  # row (head g, last t) sees block g only
+            per_head[:, :, g, -1, g, :top.shape[-1]] = top[:, :, g]
+        return mask
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinfinite import rope
-from tinfinite.attention import (additive, attend, beyond_window, fold, lambda_mask, scores,
-                                 top_k_middle)
+from tinfinite.attention import Step, attend
 from tinfinite.cache import KVCache
 from tinfinite.config import ModelConfig
 
@@ -52,29 +51,15 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.dim, (self.H + 2 * self.Hkv) * self.hd)
         self.o_proj = Linear(self.H * self.hd, cfg.dim)
 
-    def forward(self, x, layer: int, cache: KVCache, step: "Step"):
+    def forward(self, x, layer: int, cache: KVCache, step: Step):
         B, T, _ = x.shape
         H, Hkv = self.H, self.Hkv
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
         qk_rot = rope.rotate(qkv[:, :H + Hkv], step.cos, step.sin)  # q and k at their positions
         q, k, v = qkv.split([H, Hkv, Hkv], dim=1)
         cache.write(layer, qk_rot[:, H:], k, v)
-        mask, picks = step.mask, step.picks(layer)
-        if step.wide:  # scores of the keys seen at a fixed distance go in through the mask
-            R, G = cache.ring, cache.n_global
-            if G:  # far starting tokens, at the ceiling: <rot(q, ceiling), k_g>
-                q_ceil = fold(rope.rotate(q, step.cos_ceil, step.sin_ceil), Hkv)
-                mask[..., R:R + G] = scores(q_ceil, cache.k_start[layer]) + step.start_bias
-            if picks:  # the last row's top-k middle keys, at n_local / 2
-                q_mid = rope.rotate(q[:, :, -1:], step.cos_mid, step.sin_mid).view(B, Hkv, -1, self.hd)
-                top, values = top_k_middle(q_mid, *cache.middle(layer, step.last), cache.top_k)
-                cache.write_picks(layer, values)
-                per_head = mask[..., R + G:].unflatten(2, (-1, T)).unflatten(-1, (-1, cache.top_k))
-                for g in range(per_head.shape[2]):  # row (head g, last t) sees block g only
-                    per_head[:, :, g, -1, g, :top.shape[-1]] = top[:, :, g]
-            else:
-                mask = mask[..., :R + G]
-        keys, values = cache.visible(layer, step.wide, picks)               # (B, Hkv, S, hd)
+        mask = step.layer_mask(layer, q, cache)  # the Λ mask, with this layer's scores
+        keys, values = cache.visible(layer, step.wide, step.picks(layer))   # (B, Hkv, S, hd)
         y = attend(qk_rot[:, :H], keys, values, mask)                       # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.hd))
 
@@ -102,45 +87,6 @@ class Block(nn.Module):
     def forward(self, x, layer, cache, step):
         x = x + self.self_attn(self.input_layernorm(x), layer, cache, step)
         return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class Step:
-    """What every layer of one forward call shares: rotations and the mask."""
-
-    def __init__(self, cache: KVCache, positions: torch.Tensor, inv_freq, dtype, group: int):
-        dev = cache.pos.device
-        self.cos, self.sin = rope.cos_sin(positions.cpu(), inv_freq, dtype, dev)  # (T, hd)
-        self.last = cache.next_pos - 1 + cache.offset                  # the last row's position
-        # Wide: the last query is n_local or more past token 0, so some key has left its
-        # window; the call then reads the whole ring and the keys seen at a fixed distance.
-        self.wide = cache.next_pos - 1 >= cache.n_local
-        self.n_middle = cache.next_pos - cache.n_local - cache.n_global if cache.top_k else 0
-        ring = additive(lambda_mask(positions, cache.ring_positions(self.wide), cache.n_local),
-                        dtype).repeat(group, 1)                        # (group*T, R), fold order
-        if not self.wide:
-            self.mask = ring  # the same for every head: broadcast
-            return
-        cache.clear_unwritten()
-        # Per-head mask: [ring | starting tokens | picks]; the last two are filled per layer.
-        B, Hkv = cache.k.shape[1:3]
-        self.mask = torch.full((B, Hkv, *ring.shape[:1], cache.ring + cache.n_global +
-                                group * cache.top_k), float("-inf"), dtype=dtype, device=dev)
-        self.mask[..., :cache.ring] = ring
-        g = torch.arange(cache.n_global, device=dev)
-        starts = torch.where(g < cache.n_starts, g + cache.offset, -1)  # -1: not seen yet
-        self.start_bias = additive(beyond_window(positions, starts, cache.n_local),
-                                   dtype).repeat(group, 1)             # (group*T, G)
-        # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
-        # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
-        self.cos_ceil, self.sin_ceil = rope.cos_sin(torch.tensor([cache.n_local]), inv_freq,
-                                                    dtype, dev)        # (1, hd)
-        self.cos_mid, self.sin_mid = rope.cos_sin(torch.tensor([cache.n_local // 2]), inv_freq,
-                                                  dtype, dev)
-        self._from_layer = cache.top_k_from_layer
-
-    def picks(self, layer: int) -> bool:
-        """Does the last row of this layer attend to top-k middle keys?"""
-        return self.wide and self.n_middle > 0 and layer >= self._from_layer
 
 
 class Llama(nn.Module):

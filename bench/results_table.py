@@ -1,0 +1,137 @@
+"""Markdown tables for README's length-generalisation results, from bench/results/*.json.
+
+    python bench/results_table.py bench/results
+
+Reads what bench/length_runs.sh and bench/in_window.py wrote; prints the tables (a missing
+result prints as "not run"). Nothing is typed by hand.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+R = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")
+
+
+def load(name):
+    f = R / f"{name}.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def upto(r, n):
+    """Cumulative perplexity of positions [1, n), or None if the run stopped earlier."""
+    b = [x for x in r["buckets"] if x["end"] <= n] if r else []
+    if not b or b[-1]["end"] != n:
+        return None
+    return math.exp(sum(x["nll"] for x in b) / sum(x["tokens"] for x in b))
+
+
+def span(r, lo, hi):
+    """Perplexity of positions [lo, hi)."""
+    b = [x for x in r["buckets"] if lo <= x["start"] and x["end"] <= hi] if r else []
+    if not b or b[-1]["end"] != hi:
+        return None
+    return math.exp(sum(x["nll"] for x in b) / sum(x["tokens"] for x in b))
+
+
+def fmt(x, digits=2):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def perplexity_table():
+    modes = [("ppl_lambda", "lambda (LM-Infinite)"), ("ppl_window", "window (no starting tokens)"),
+             ("ppl_full", "full (vanilla)"), ("ppl_restart", "in-window reference (restart every 8K)")]
+    runs = {name: load(name) for name, _ in modes}
+    points = [2048, 4096, 8192, 16384, 32768, 65536]
+    print("| attention | " + " | ".join(f"{n // 1024}K" for n in points) +
+          " | 8K-64K only |")
+    print("| --- | " + " | ".join("---:" for _ in points) + " | ---: |")
+    for name, label in modes:
+        r = runs[name]
+        cells = [fmt(upto(r, n)) for n in points]
+        print(f"| {label} | " + " | ".join(cells) + f" | {fmt(span(r, 8192, 65536))} |")
+    print()
+    print("Per 8K span (perplexity of the positions in it):")
+    print()
+    spans = [(s, s + 8192) for s in range(0, 65536, 8192)]
+    print("| attention | " + " | ".join(f"{a // 1024}-{b // 1024}K" for a, b in spans) + " |")
+    print("| --- | " + " | ".join("---:" for _ in spans) + " |")
+    for name, label in modes:
+        print(f"| {label} | " + " | ".join(fmt(span(runs[name], a, b)) for a, b in spans) + " |")
+
+
+def trials_of(*names):
+    """Every trial of the named passkey results that exist."""
+    return [t for name in names if load(name) for t in load(name)["trials"]]
+
+
+def passkey_row(label, trials, lengths):
+    cells = []
+    for n in lengths:
+        at = [t for t in trials if t["length"] == n]
+        if not at:
+            cells.append("—")
+            continue
+        ok = sum(t["correct"] for t in at)
+        beyond = sum(not t["key_in_window"] for t in at)
+        cells.append(f"{ok}/{len(at)}" + (f" ({beyond} beyond window)" if beyond else ""))
+    print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def passkey_tables():
+    print("4K-token prompts, `--n-local 1024` (keys mostly beyond the window), `--seed 1`:")
+    print()
+    print("| setting | 4K |\n| --- | ---: |")
+    for name, label in (("pk4k_full", "full"), ("pk4k_truncate", "truncated to the window"),
+                        ("pk4k_lambda", "lambda"), ("pk4k_topk", "lambda + top-k 5")):
+        passkey_row(label, trials_of(name), [4096])
+    print()
+    lengths = [2048, 4096, 8192, 16384, 32768, 65536]
+    print("Default 8K window, `--seed 2` (2K-8K: inside the window, where every mode is the "
+          "same computation: one run, `pk_short`, fills those columns) and `--seed 4` (64K):")
+    print()
+    print("| setting | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |")
+    print("| --- | " + " | ".join("---:" for _ in lengths) + " |")
+    for mode, label in (("full", "full"), ("truncate", "truncated to the window"),
+                        ("lambda", "lambda"), ("topk", "lambda + top-k 5")):
+        passkey_row(label, trials_of("pk_short", f"pk_{mode}", f"pk64_{mode}"), lengths)
+
+
+def n_global_table():
+    print("| n_global | ppl 0-16K | ppl 8K-16K (beyond the window) | passkey 16K, key inside the window |")
+    print("| ---: | ---: | ---: | ---: |")
+    for g in (1, 10, 64, 256):
+        r = load("ppl_lambda") if g == 10 else load(f"pplg_{g}")
+        pk = load(f"pkg_{g}")
+        acc = "—" if not pk else f"{sum(t['correct'] for t in pk['trials'])}/{len(pk['trials'])}"
+        print(f"| {g} | {fmt(upto(r, 16384))} | {fmt(span(r, 8192, 16384))} | {acc} |")
+    w = load("ppl_window")
+    pk = load("pkg_truncate")
+    acc = "—" if not pk else f"{sum(t['correct'] for t in pk['trials'])}/{len(pk['trials'])}"
+    print(f"| 0 (window) | {fmt(upto(w, 16384))} | {fmt(span(w, 8192, 16384))} | "
+          f"truncated: {acc} |")
+
+
+def million_table():
+    big, small = load("ppl_1m_w2k"), load("ppl_16k_w2k")
+    if not big:
+        print("1M-token run: not run")
+        return
+    b = big["buckets"]
+    print("| positions | " + " | ".join(f"{x['start'] // 1024}K-{x['end'] // 1024}K"
+                                         for x in b[::4]) + " |")
+    print("| --- | " + " | ".join("---:" for _ in b[::4]) + " |")
+    print("| perplexity | " + " | ".join(f"{x['ppl']:.2f}" for x in b[::4]) + " |")
+    print()
+    print(f"{big['tokens']:,} tokens in {big['seconds'] / 60:.0f} min "
+          f"({big['tokens_per_second']:.0f} tok/s), peak RSS {big['peak_rss_mb']:.0f} MB; "
+          f"the same run to 16K tokens: peak RSS "
+          f"{small['peak_rss_mb'] if small else float('nan'):.0f} MB.")
+
+
+if __name__ == "__main__":
+    for title, table in (("Perplexity", perplexity_table), ("Passkey", passkey_tables),
+                         ("Starting tokens", n_global_table), ("1M tokens", million_table)):
+        print(f"### {title}\n")
+        table()
+        print()

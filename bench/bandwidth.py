@@ -54,8 +54,9 @@ def tinfinite_step_bytes(param_bytes: int, cfg, context: int, n_global: int, n_l
     """Weights + the K/V one decode step reads after `context` tokens (tinfinite/cache.py).
 
     The call reads the filled ring, n_local + chunk_size - 1 slots at most (the extra slots
-    are masked but still read), plus, once starting tokens have left the window, this row's
-    n_global rotated copies. So the K/V read stops growing at the window.
+    are masked but still read), plus, once starting tokens have left the window, their
+    n_global slots (values, and zero keys whose scores come through the mask). So the K/V
+    read stops growing at the window.
     """
     ring = n_local + chunk_size - 1
     far = n_global > 0 and context > n_local

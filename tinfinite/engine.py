@@ -76,6 +76,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Engine:
+    """A loaded model, its tokenizer and one preallocated cache (Engine.load makes one).
+
+    attention: "lambda" (LM-Infinite, default), "full" (vanilla, growing cache) or "window"
+    (sliding window, no starting tokens). n_local: the window (default: the model's
+    max_position_embeddings); n_global: starting tokens (lambda only, default 10);
+    chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
+    (memory grows with the input). Bad values raise UserError with a one-line message.
+    """
+
     def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int | None = None,
                  n_local: int | None = None, attention: str = "lambda", chunk_size: int = 256,
                  top_k_middle: int = 0, top_k_from_layer: int = 4):

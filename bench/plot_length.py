@@ -15,9 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = [("ppl_full.json", "full attention (vanilla)", "#c44e52"),
-          ("ppl_window.json", "sliding window, no starting tokens", "#8172b2"),
-          ("ppl_lambda.json", "LM-Infinite (Λ), 8K window", "#4c72b0")]
+CURVES = [("ppl_full.json", "full attention (vanilla)", "#c44e52", "-"),
+          ("ppl_window.json", "sliding window, no starting tokens", "#8172b2", "-"),
+          ("ppl_restart.json", "in-window reference (context restarted every 8K)", "grey", ":"),
+          ("ppl_lambda.json", "LM-Infinite (Λ), 8K window", "#4c72b0", "-")]
 
 
 def load(path: Path):
@@ -26,28 +27,38 @@ def load(path: Path):
     return [x["end"] for x in b], [x["ppl"] for x in b], r
 
 
+def kilo(ax):
+    """Ticks at powers of two, labelled 2K, 4K, ..., 1M."""
+    lo, hi = ax.get_xlim()
+    ticks = [2 ** i for i in range(11, 21) if lo <= 2 ** i <= hi * 1.01]
+    ax.set_xticks(ticks, [f"{t // 2**20}M" if t >= 2**20 else f"{t // 1024}K" for t in ticks])
+    ax.minorticks_off()
+
+
 def main(results: str, out: str):
     folder = Path(results)
     panels = 2 if (folder / "ppl_1m_w2k.json").is_file() else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     ax = axes[0][0]
-    for name, label, color in CURVES:
+    for name, label, color, style in CURVES:
         if (folder / name).is_file():
             x, y, r = load(folder / name)
-            ax.plot(x, y, marker=".", label=label, color=color)
+            ax.plot(x, y, marker=".", label=label, color=color, ls=style)
     ax.axvline(8192, color="grey", ls="--", lw=1)
     ax.text(8192, ax.get_ylim()[1], " trained length (8K)", va="top", fontsize=8, color="grey")
     ax.set(xscale="log", yscale="log", xlabel="position (tokens)",
            ylabel="perplexity of the 2K tokens ending here",
            title="SmolLM2-135M-Instruct on Les Misérables")
-    ax.legend(fontsize=8)
+    kilo(ax)
+    ax.legend(fontsize=8, loc="upper left")
     if panels == 2:
         ax = axes[0][1]
         x, y, r = load(folder / "ppl_1m_w2k.json")
         ax.plot(x, y, marker=".", color="#4c72b0")
-        ax.set(xscale="log", xlabel="position (tokens)",
+        ax.set(xscale="log", yscale="log", xlabel="position (tokens)",
                ylabel=f"perplexity of the {x[0] // 1024}K tokens ending here",
                title=f"Λ, 2K window: {r['tokens']:,} tokens, peak RSS {r['peak_rss_mb']:.0f} MB")
+        kilo(ax)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")

@@ -61,3 +61,7 @@ run pk_short passkey --lengths 2048 4096 8192 --trials 3 --seed 2
 run pk_full passkey --lengths 16384 --trials 1 --seed 2 --attention full
 run pk64_topk passkey --lengths 65536 --trials 1 --seed 4 --top-k-middle 5
 run pk64_lambda passkey --lengths 65536 --trials 1 --seed 4
+
+# Top-k variants at 4K (after the above): more picks, picks from every layer.
+run pk4k_topk16 $P4 --top-k-middle 16
+run pk4k_topk5_l0 $P4 --top-k-middle 5 --top-k-from-layer 0

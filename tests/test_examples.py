@@ -75,3 +75,13 @@ def test_long_document_example_streams_a_file(model, tmp_path):
                         str(tmp_path / "missing.txt"), "q", "--model", str(model)],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "missing.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("attention", ["full", "lambda", "window"])
+def test_an_engine_serves_call_after_call(model, attention):
+    """The cache is reused by every call, also after full attention's ring has grown."""
+    llm = Engine.load(model, attention=attention, chunk_size=8)
+    long = " ".join(CORPUS)  # > 2 chunks: full attention's ring doubles
+    first = "".join(llm.generate(long, max_new_tokens=4, ignore_eos=True))
+    assert llm.score(long).tokens > 16
+    assert "".join(llm.generate(long, max_new_tokens=4, ignore_eos=True)) == first

@@ -74,6 +74,7 @@ class KVCache:
         """How many starting tokens have been seen so far."""
         return min(self.next_pos, self.n_global)
 
+    @torch.inference_mode()  # a grown ring was made under inference mode (in forward)
     def reset(self, offset: int = 0):
         """Forget every token; the buffers are kept."""
         self.pos.fill_(-1)

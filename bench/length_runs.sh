@@ -59,9 +59,18 @@ run pk_truncate passkey --lengths 16384 32768 --trials 1 --seed 2 --truncate
 # Within the window every mode is the same computation (tests prove it): one run covers them.
 run pk_short passkey --lengths 2048 4096 8192 --trials 3 --seed 2
 run pk_full passkey --lengths 16384 --trials 1 --seed 2 --attention full
-run pk64_topk passkey --lengths 65536 --trials 1 --seed 4 --top-k-middle 5
-run pk64_lambda passkey --lengths 65536 --trials 1 --seed 4
 
-# Top-k variants at 4K (after the above): more picks, picks from every layer.
+# The starting-token budget again, with the key close to the question (500-1,600 tokens
+# back): the 135M model finds no key 5K tokens back, whatever the setting (pkg_* above).
+for g in 1 10 64 256; do
+    run pkn_$g passkey --lengths 16384 --trials 2 --seed 5 --min-depth 0.9 --max-depth 0.97 --n-global $g
+done
+run pkn_truncate passkey --lengths 16384 --trials 2 --seed 5 --min-depth 0.9 --max-depth 0.97 --truncate
+
+# Top-k variants at 4K: more picks, picks from every layer.
 run pk4k_topk16 $P4 --top-k-middle 16
 run pk4k_topk5_l0 $P4 --top-k-middle 5 --top-k-from-layer 0
+
+# 64K (one trial each; last, as the longest).
+run pk64_topk passkey --lengths 65536 --trials 1 --seed 4 --top-k-middle 5
+run pk64_lambda passkey --lengths 65536 --trials 1 --seed 4

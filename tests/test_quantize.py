@@ -15,6 +15,9 @@ def test_int8_linear_is_the_dequantised_matmul():
     assert ((dequantised - w).abs() <= step / 2 * 1.01 + 1e-6).all()  # within half a step
     want = x.bfloat16().float() @ dequantised.T           # the input goes in as bfloat16
     assert torch.allclose(q(x), want, atol=1e-2, rtol=1e-2)
+    many = torch.randn(100, 32, generator=g)              # a prefill chunk: dequantised GEMM
+    want = many.bfloat16().float() @ dequantised.T
+    assert (q(many) - want).abs().max() < 0.01 * want.abs().max()  # bfloat16 rounding, no more
 
 
 def run(model, ids):

@@ -118,11 +118,12 @@ def million_table():
         print("1M-token run: not run")
         return
     b = big["buckets"]
-    print("| positions | " + " | ".join(f"{x['start'] // 1024}K-{x['end'] // 1024}K"
-                                         for x in b[::4]) + " |")
-    print("| --- | " + " | ".join("---:" for _ in b[::4]) + " |")
-    print("| perplexity | " + " | ".join(f"{x['ppl']:.2f}" for x in b[::4]) + " |")
-    print()
+    for row in (b[:len(b) // 2], b[len(b) // 2:]):
+        print("| positions | " + " | ".join(f"{x['start'] // 1024}K-{x['end'] // 1024}K"
+                                             for x in row) + " |")
+        print("| --- | " + " | ".join("---:" for _ in row) + " |")
+        print("| perplexity | " + " | ".join(f"{x['ppl']:.1f}" for x in row) + " |")
+        print()
     print(f"{big['tokens']:,} tokens in {big['seconds'] / 60:.0f} min "
           f"({big['tokens_per_second']:.0f} tok/s), peak RSS {big['peak_rss_mb']:.0f} MB; "
           f"the same run to 16K tokens: peak RSS "

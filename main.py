@@ -39,7 +39,8 @@ def model_flags(p: argparse.ArgumentParser):
                         "tokens per head (the paper's retrieval variant). Memory then GROWS "
                         "with the input: every token's key and value is kept, "
                         "2 x layers x kv_heads x head_dim x dtype bytes per token (23 KB for "
-                        "the default model in bfloat16). Off (0) by default")
+                        "the default model in bfloat16), in a buffer that doubles as it "
+                        "fills. Off (0) by default")
     p.add_argument("--top-k-from-layer", type=int, default=4,
                    help="first layer (from 0) that uses --top-k-middle (4)")
     p.add_argument("--chunk-size", type=int, default=256, help="prefill chunk in tokens (256)")

@@ -33,7 +33,7 @@ def model_flags(p: argparse.ArgumentParser):
                         "window: sliding window without starting tokens (the paper's baseline)")
     p.add_argument("--n-local", type=int, help="window of recent tokens (default: the model's "
                                                "pre-training length)")
-    p.add_argument("--n-global", type=int, help="starting tokens always attended (lambda: 10)")
+    p.add_argument("--n-global", type=int, help="starting tokens always attended (lambda: 64; the paper: 10)")
     p.add_argument("--top-k-middle", type=int, default=0, metavar="K",
                    help="also attend, from the last row of each call, to the K best middle "
                         "tokens per head (the paper's retrieval variant). Memory then GROWS "

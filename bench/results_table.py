@@ -83,7 +83,9 @@ def passkey_tables():
     print()
     print("| setting | 4K |\n| --- | ---: |")
     for name, label in (("pk4k_full", "full"), ("pk4k_truncate", "truncated to the window"),
-                        ("pk4k_lambda", "lambda"), ("pk4k_topk", "lambda + top-k 5")):
+                        ("pk4k_lambda", "lambda"), ("pk4k_topk", "lambda + top-k 5"),
+                        ("pk4k_topk16", "lambda + top-k 16"),
+                        ("pk4k_topk5_l0", "lambda + top-k 5 from layer 0")):
         passkey_row(label, trials_of(name), [4096])
     print()
     lengths = [2048, 4096, 8192, 16384, 32768, 65536]
@@ -98,18 +100,21 @@ def passkey_tables():
 
 
 def n_global_table():
-    print("| n_global | ppl 0-16K | ppl 8K-16K (beyond the window) | passkey 16K, key inside the window |")
-    print("| ---: | ---: | ---: | ---: |")
+    print("| n_global | ppl 0-16K | ppl 8K-16K (beyond the window) | passkey 16K, key 5.2K-5.8K "
+          "back | passkey 16K, key 0.75K-0.95K back |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
     for g in (1, 10, 64, 256):
         r = load("ppl_lambda") if g == 10 else load(f"pplg_{g}")
-        pk = load(f"pkg_{g}")
-        acc = "—" if not pk else f"{sum(t['correct'] for t in pk['trials'])}/{len(pk['trials'])}"
-        print(f"| {g} | {fmt(upto(r, 16384))} | {fmt(span(r, 8192, 16384))} | {acc} |")
+        print(f"| {g} | {fmt(upto(r, 16384))} | {fmt(span(r, 8192, 16384))} | "
+              f"{score(f'pkg_{g}')} | {score(f'pkn_{g}')} |")
     w = load("ppl_window")
-    pk = load("pkg_truncate")
-    acc = "—" if not pk else f"{sum(t['correct'] for t in pk['trials'])}/{len(pk['trials'])}"
     print(f"| 0 (window) | {fmt(upto(w, 16384))} | {fmt(span(w, 8192, 16384))} | "
-          f"truncated: {acc} |")
+          f"truncated: {score('pkg_truncate')} | truncated: {score('pkn_truncate')} |")
+
+
+def score(name):
+    r = load(name)
+    return "—" if not r else f"{sum(t['correct'] for t in r['trials'])}/{len(r['trials'])}"
 
 
 def million_table():

@@ -101,7 +101,7 @@ def test_perplexity_text_and_json_agree(capsys, model, tmp_path):
     assert result["tokens"] == len(ids) - 1
     assert result["nll"] > 0
     assert result["ppl"] == pytest.approx(math.exp(result["nll"] / result["tokens"]))
-    assert result["n_local"] == 64 and result["n_global"] == 10  # tiny config's length; default
+    assert result["n_local"] == 64 and result["n_global"] == 64  # tiny config's length; default
     out, _ = run(capsys, "perplexity", "--model", model, "--file", tmp_path / "t.txt",
                  "--chunk-size", 16)
     assert out.startswith(f"tokens {result['tokens']}  nll {result['nll']:.2f}  "

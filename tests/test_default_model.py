@@ -40,8 +40,9 @@ def test_golden_greedy_continuation(engine):
 
 
 def test_golden_continuation_far_beyond_a_small_window(folder):
-    """948 tokens through a 128-token window: the ring wraps 7 times, starting tokens far."""
-    small = Engine.load(folder, n_local=128, chunk_size=64)
+    """948 tokens through a 128-token window and the paper's 10 starting tokens: the ring wraps
+    7 times, starting tokens far."""
+    small = Engine.load(folder, n_local=128, n_global=10, chunk_size=64)
     assert len(small.tokenizer.encode(STORY)) == 948
     assert greedy(small, STORY, 24) == (
         " Day 60: the farmer counted 11 sheep in the north field.\n\nThe total number of sheep")

@@ -105,10 +105,11 @@ def test_top_k_middle_finds_a_key_beyond_the_window():
     Plain Λ attention cannot see it; top-k middle attention can, as can full attention."""
     folder = ensure_default_model()
     depth, key = 0.04, 77013
-    lost = run_passkey(Engine.load(folder, n_local=256), 600, depth, key)
+    lost = run_passkey(Engine.load(folder, n_local=256, n_global=10), 600, depth, key)
     assert lost["key_distance"] > 256 and not lost["key_in_window"]
     assert not lost["correct"], lost
-    found = run_passkey(Engine.load(folder, n_local=256, top_k_middle=5), 600, depth, key)
+    found = run_passkey(Engine.load(folder, n_local=256, n_global=10, top_k_middle=5), 600, depth,
+                        key)
     assert found["correct"], found
     assert run_passkey(Engine.load(folder, attention="full"), 600, depth, key)["correct"]
 
@@ -157,7 +158,7 @@ def test_passkey_command_json(capsys, tiny):
     assert len(result["trials"]) == 4 and err.count("length") == 4
     assert [(t["length"], t["depth"], t["key"]) for t in result["trials"]] == \
         [(n, round(d, 4), k) for n, d, k in passkey_trials([100, 150], 2, 3)]
-    assert result["top_k_middle"] == 2 and result["n_global"] == 10
+    assert result["top_k_middle"] == 2 and result["n_global"] == 64
 
 
 @pytest.mark.parametrize("argv, message", [

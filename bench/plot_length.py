@@ -45,7 +45,8 @@ def main(results: str, out: str):
             x, y, r = load(folder / name)
             ax.plot(x, y, marker=".", label=label, color=color, ls=style)
     ax.axvline(8192, color="grey", ls="--", lw=1)
-    ax.text(8192, ax.get_ylim()[1], " trained length (8K)", va="top", fontsize=8, color="grey")
+    ax.text(8192, ax.get_ylim()[0] * 1.05, " trained length (8K)", va="bottom", fontsize=8,
+            color="grey")
     ax.set(xscale="log", yscale="log", xlabel="position (tokens)",
            ylabel="perplexity of the 2K tokens ending here",
            title="SmolLM2-135M-Instruct on Les Misérables")
@@ -55,7 +56,8 @@ def main(results: str, out: str):
         ax = axes[0][1]
         x, y, r = load(folder / "ppl_1m_w2k.json")
         ax.plot(x, y, marker=".", color="#4c72b0")
-        ax.set(xscale="log", yscale="log", xlabel="position (tokens)",
+        ax.set_ylim(0, max(y) * 1.2)  # linear from 0: flat means flat
+        ax.set(xscale="log", xlabel="position (tokens)",
                ylabel=f"perplexity of the {x[0] // 1024}K tokens ending here",
                title=f"Λ, 2K window: {r['tokens']:,} tokens, peak RSS {r['peak_rss_mb']:.0f} MB")
         kilo(ax)

@@ -185,8 +185,11 @@ def run_perplexity(a):
         raise UserError(f"--file {' '.join(a.file)}: only {len(ids)} token(s); perplexity needs "
                         f"at least 2")
     report = sys.stderr if a.json else sys.stdout
+    bar = ProgressBar() if sys.stderr.isatty() else None
 
     def on_bucket(b, buckets):
+        if bar:
+            bar.clear()
         total = buckets.upto(b)
         report.write(f"tokens {total.end:>9}  ppl {total.ppl:9.4f}  |  [{b.start}, {b.end}) "
                      f"ppl {b.ppl:9.4f}\n")
@@ -194,8 +197,7 @@ def run_perplexity(a):
 
     t0 = time.perf_counter()
     buckets = perplexity_by_position(
-        engine, ids, a.report_every or len(ids), on_bucket if a.report_every else None,
-        ProgressBar() if sys.stderr.isatty() else None)
+        engine, ids, a.report_every or len(ids), on_bucket if a.report_every else None, bar)
     seconds = time.perf_counter() - t0
     total = buckets.total
     result = {"tokens": total.tokens, "nll": total.nll, "ppl": total.ppl,

@@ -174,3 +174,16 @@ def test_bad_evaluation_flags(capsys, tiny, argv, message):
     assert main.main(argv[:1] + ["--model", str(tiny)] + argv[1:]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_progress_bar_draws_in_place_and_ends_the_line():
+    import io
+    from tinfinite.evaluate import ProgressBar
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    bar(5, 10)
+    bar.clear()
+    bar(10, 10)
+    text = out.getvalue()
+    assert text.startswith("\r[#####.....] 5/10 tokens") and "\r\033[K" in text
+    assert text.endswith("\n") and "[##########] 10/10" in text and text.count("\n") == 1

@@ -73,8 +73,16 @@ def fold(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
 
 
 def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q (B, Hkv, rows, hd) . k (B, Hkv, N, hd) / sqrt(hd) -> (B, Hkv, rows, N), as SDPA scales."""
-    return q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]))
+    """q (B, Hkv, rows, hd) . k (B, Hkv, N, hd) / sqrt(hd) -> (B, Hkv, rows, N), as SDPA scales.
+
+    A decode step's starting-token scores are a tiny product (3 x 64 per head): in bfloat16 it
+    took 0.39 ms on our CPU, in float32 0.05 ms, 30 times per token. Tiny products therefore go
+    through float32 (and come back in q's dtype); larger ones stay in q's dtype."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    if q.shape[-2] * k.shape[-2] <= 4096:
+        wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+        return (q.to(wide) @ k.to(wide).transpose(-1, -2) * scale).to(q.dtype)
+    return q @ k.transpose(-1, -2) * scale
 
 
 def top_k_middle(q: torch.Tensor, k_mid: torch.Tensor, v_mid: torch.Tensor, k: int):

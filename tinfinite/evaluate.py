@@ -109,6 +109,11 @@ class ProgressBar:
             self.stream.write("\n")
         self.stream.flush()
 
+    def clear(self):
+        """Wipe the bar's line, so a report can be printed there; the next call redraws it."""
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
 
 # ---------------------------------------------------------------- passkey retrieval
 

@@ -129,10 +129,8 @@ class Step:
                                    dtype).repeat(group, 1)             # (group*T, G)
         # The ceiling is the window, as in the paper (§4: both are L_pretrain). A far starting
         # token then always sits at distance >= ceiling, so min(d, ceiling) = ceiling.
-        self.cos_ceil, self.sin_ceil = rope.cos_sin(torch.tensor([cache.n_local]), inv_freq,
-                                                    dtype, dev)        # (1, hd)
-        self.cos_mid, self.sin_mid = rope.cos_sin(torch.tensor([cache.n_local // 2]), inv_freq,
-                                                  dtype, dev)
+        self.cos_ceil, self.sin_ceil = _rotation(cache, cache.n_local, inv_freq, dtype)  # (1, hd)
+        self.cos_mid, self.sin_mid = _rotation(cache, cache.n_local // 2, inv_freq, dtype)
         self._from_layer = cache.top_k_from_layer
 
     def picks(self, layer: int) -> bool:
@@ -159,6 +157,14 @@ class Step:
         for g in range(per_head.shape[2]):  # row (head g, last t) sees block g only
             per_head[:, :, g, -1, g, :top.shape[-1]] = top[:, :, g]
         return mask
+
+
+def _rotation(cache: KVCache, distance: int, inv_freq: torch.Tensor, dtype):
+    """cos, sin (1, hd) of a fixed distance, made once per cache (every decode step needs them)."""
+    if distance not in cache.rotations:
+        cache.rotations[distance] = rope.cos_sin(torch.tensor([distance]), inv_freq, dtype,
+                                                 cache.pos.device)
+    return cache.rotations[distance]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,7 @@ class KVCache:
         self.next_pos = 0       # position of the next token to be written (before the offset)
         self.offset = 0         # added to every position (tests shift it by 10^9)
         self._ring_slots = self._starts = None
+        self.rotations = {}     # distance -> RoPE cos, sin: fixed-distance tables (attention.py)
 
     @property
     def ring(self) -> int:

@@ -178,11 +178,11 @@ def run_passkey(engine, length: int, depth: float, key: int, truncate: bool = Fa
     prompt = passkey_prompt(engine.tokenizer, length, depth, key)
     ids = engine.tokenizer.encode(prompt.text)
     key_at = len(engine.tokenizer.encode(prompt.text[:prompt.text.index(KEY_LINE[:15])]))
+    distance = len(ids) - key_at  # tokens from the key line to the end of the whole prompt
     if truncate:
         ids = ids[-engine.n_local:]
     text = engine.tokenizer.decode(list(engine.generate_ids(ids, max_new_tokens=max_new_tokens)))
     answer = first_integer(text)
-    distance = len(engine.tokenizer.encode(prompt.text)) - key_at
     return {"length": length, "tokens": len(ids), "depth": round(depth, 4), "key": key,
             "answer": answer, "correct": answer == key, "generated": text,
             "key_distance": distance, "key_in_window": distance <= engine.n_local}

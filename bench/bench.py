@@ -125,8 +125,12 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
                            f"{case['max_seconds']}: timed a {len(prompt)}-token prefix; decode "
                            f"ran after it (window full, same cost per step at any position)")
     tokens, prefill_s, gaps = generate(prompt, n_new)
+    # Packed and int8 weights are buffers. With its own LM head (packed, int8, or untied) a
+    # step reads one row of the embedding table, not all of it.
     params = sum(p.numel() * p.element_size()
-                 for p in [*model.parameters(), *model.buffers()])  # int8 weights are buffers
+                 for p in [*model.parameters(), *model.buffers()])
+    if model.lm_head is not None:
+        params -= model.embed_tokens.weight.numel() * model.embed_tokens.weight.element_size()
     itemsize = model.embed_tokens.weight.element_size()
     step_bytes = tinfinite_step_bytes(params, model.cfg, len(prompt), engine.n_global,
                                       engine.n_local, itemsize, engine.chunk_size)

@@ -22,6 +22,7 @@ from tinfinite.cache import KVCache
 from tinfinite.checkpoint import load_model
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
+from tinfinite.packed import pack
 from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
@@ -129,8 +130,7 @@ class Engine:
             raise UserError(f"--quantize {quantize}: the only choice is int8")
         dev = resolve_device(device)
         model = load_model(model_dir, DTYPES[dtype], dev)
-        if quantize:
-            model = quantize_int8(model)
+        model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
         tokenizer = Tokenizer.from_folder(model_dir)
         return cls(model, tokenizer, **options)
 

@@ -15,20 +15,12 @@ from tinfinite.cache import KVCache
 from tinfinite.config import ModelConfig
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (..., in) @ w.T (out, in). A single row (decoding) goes through torch.mv, which reads
-    a bfloat16 weight ~1.2x faster than F.linear on our 2-core CPU (torch 2.13; same in float32)."""
-    if x.numel() == x.shape[-1]:
-        return torch.mv(w, x.reshape(-1)).view(*x.shape[:-1], -1)
-    return F.linear(x, w)
-
-
 class Linear(nn.Linear):
+    """A matmul weight (out, in), no bias. On a CPU, Engine.load swaps it for a PackedLinear
+    (packed.py) in float32/bfloat16, or an Int8Linear (quantize.py) with --quantize int8."""
+
     def __init__(self, n_in: int, n_out: int):
         super().__init__(n_in, n_out, bias=False)
-
-    def forward(self, x):
-        return linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -105,7 +97,7 @@ class Llama(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (..., D) -> (..., vocab) logits."""
         h = self.norm(h)
-        return linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:

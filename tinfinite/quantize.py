@@ -15,18 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GEMM_ROWS = 32
-
 from tinfinite.errors import UserError
+
+GEMM_ROWS = 32
+QUANTIZE_ROWS = 4096  # rows quantised at a time (the LM head has 49152)
 
 
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        w = weight.detach().float()                                    # (out, in)
-        scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(torch.bfloat16)  # as the kernel reads it
-        q = (w / scale.float()[:, None]).round().clamp(-127, 127)
-        self.register_buffer("weight", q.to(torch.int8))               # (out, in)
+        w = weight.detach()                                            # (out, in)
+        scale = (w.abs().amax(dim=1).float().clamp(min=1e-12) / 127).to(torch.bfloat16)  # as the kernel reads it
+        q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+        for a in range(0, len(w), QUANTIZE_ROWS):  # in blocks: no float copy of a whole matrix
+            rows = w[a:a + QUANTIZE_ROWS].float() / scale[a:a + QUANTIZE_ROWS].float()[:, None]
+            q[a:a + QUANTIZE_ROWS] = rows.round_().clamp_(-127, 127)
+        self.register_buffer("weight", q)                              # (out, in)
         self.register_buffer("scale", scale)                           # (out,)
 
     def forward(self, x):

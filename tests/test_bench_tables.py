@@ -31,6 +31,7 @@ def test_ratios_come_from_the_same_context_and_dtype(tmp_path):
     # decode 400/50, prefill 300/100, RSS 900/1800, ms 50/25
     assert "| 32,768 | bfloat16 | 8.00x | 3.00x | 0.50 | 2.00 |" in out
     assert "| 32,768 | float32 | — | — | — | 3.20 |" in out      # no HF float32 run: no ratio
+    assert "| 1,048,576 | bfloat16 |" not in out                   # no peer ran: no ratio row
 
 
 def test_no_summary_lines_is_an_error(tmp_path):

@@ -23,7 +23,8 @@ from tinfinite.engine import Engine
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="weights/SmolLM2-135M-Instruct")
-    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16, or int8 (bfloat16 + --quantize int8)")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="float32, bfloat16, or int8 (bfloat16 weights + --quantize int8)")
     p.add_argument("--context", type=int, default=256, help="tokens in the cache before the step")
     p.add_argument("--chunk", action="store_true", help="profile a prefill chunk, not a decode step")
     p.add_argument("--no-pack", action="store_true", help="keep plain weights (no oneDNN packing)")

@@ -99,6 +99,17 @@ class Llama(nn.Module):
         h = self.norm(h)
         return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
+    def replace_matmuls(self, make) -> "Llama":
+        """Swap every matmul (attention, MLP, LM head) for make(weight), in place (packed.py,
+        quantize.py). A tied head gets its own module; the embedding table stays for lookups."""
+        for block in self.layers:
+            for parent, name in ((block.self_attn, "qkv_proj"), (block.self_attn, "o_proj"),
+                                 (block.mlp, "gate_up_proj"), (block.mlp, "down_proj")):
+                setattr(parent, name, make(getattr(parent, name).weight))
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        self.lm_head = make(head)
+        return self
+
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:
         """Run a chunk of tokens (B, T) through the network, appending them to the cache.

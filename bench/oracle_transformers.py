@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinfinite.engine import Engine  # noqa: E402
-from weights.fetch import ensure_default_model  # noqa: E402
+from tinfinite.fetch import ensure_default_model  # noqa: E402
 
 
 def main():

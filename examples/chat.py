@@ -10,11 +10,8 @@ The model then sees the first tokens (the system prompt's start) and the last 8K
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tinfinite.engine import Engine  # noqa: E402
-from tinfinite.fetch import ensure_default_model  # noqa: E402
+from tinfinite import Engine, ensure_default_model
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--model", help="Llama folder (default: SmolLM2-135M-Instruct)")

@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tinfinite.engine import Engine  # noqa: E402
-from tinfinite.fetch import ensure_default_model  # noqa: E402
+from tinfinite import Engine, ensure_default_model
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("file", type=Path, help="UTF-8 text file")

@@ -2,6 +2,7 @@
 a conversation continued with resume=True is the same computation as reading it all at once,
 in the same cache memory however long it grows."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ from tests.tiny import CORPUS, tiny_llama
 from tinfinite.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
+# The examples import tinfinite as a user's script does: installed (`pip install -e .`), or
+# here from the checkout on PYTHONPATH.
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -27,7 +31,7 @@ def model(tmp_path_factory) -> Path:
 
 def example(name, *args, stdin=""):
     r = subprocess.run([sys.executable, str(REPO / "examples" / name), *map(str, args)],
-                       input=stdin, capture_output=True, text=True, timeout=300)
+                       input=stdin, capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     return r.stdout, r.stderr
@@ -73,7 +77,7 @@ def test_long_document_example_streams_a_file(model, tmp_path):
     assert tokens > 64 and "the last 64" in err and "plus 2 middle tokens" in err
     r = subprocess.run([sys.executable, str(REPO / "examples" / "long_document.py"),
                         str(tmp_path / "missing.txt"), "q", "--model", str(model)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=ENV)
     assert r.returncode != 0 and "missing.txt" in r.stderr and "Traceback" not in r.stderr
 
 

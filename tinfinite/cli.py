@@ -3,10 +3,13 @@
 A thin layer over tinfinite.engine: parse flags, call the API, turn user errors into one line.
 """
 import argparse
+import errno
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,6 +255,53 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so the run ends like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+# errno values only a write can give: reaching main, they come from stdout (every file
+# tinfinite writes itself reports its own errors as UserError).
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _stdout_to_devnull():
+    """The rest of stdout, including Python's flush at exit, goes nowhere (and cannot fail)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def run(command, a) -> int:
+    """command(a), every way it can end turned into an exit code and at most one line."""
+    try:
+        command(a)
+        sys.stdout.flush()  # here, so a full disk is reported like any error, not at exit
+    except UserError as e:
+        if a.debug:
+            raise
+        print(f"tinfinite: error: {e}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("tinfinite: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM
+    except KeyboardInterrupt:
+        print("\ntinfinite: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly like other Unix tools.
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed this way
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS or a.debug:
+            raise
+        print(f"tinfinite: error: cannot write the output ({e.strerror})", file=sys.stderr)
+        _stdout_to_devnull()
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"perplexity": (run_perplexity, perplexity_parser),
@@ -262,22 +312,13 @@ def main(argv=None) -> int:
     else:
         command, parser = run_generate, generate_parser()
     a = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return run(command, a)  # signal handlers can only be set in the main thread
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        command(a)
-    except UserError as e:
-        if a.debug:
-            raise
-        print(f"tinfinite: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ntinfinite: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly like other Unix tools, and send
-        # the rest of stdout, including Python's flush at exit, to /dev/null.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed this way
-    return 0
+        return run(command, a)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -40,5 +40,5 @@ while True:
     said = text + reply
     s = llm.stats
     print()
-    print(f"[{llm.cache.next_pos} tokens so far | this turn: {s.prompt_tokens} new, "
+    print(f"[{llm.cache.n_seen} tokens so far | this turn: {s.prompt_tokens} new, "
           f"{s.decode_tps:.1f} tok/s]", file=sys.stderr)

@@ -42,7 +42,7 @@ def test_resume_is_the_same_as_reading_everything_at_once(model):
     conversation gives, well past the window, and the cache is never reallocated."""
     llm = Engine.load(model, n_local=24, chunk_size=8)
     fresh = Engine.load(model, n_local=24, chunk_size=8)
-    k = llm.cache.k
+    k = llm.cache.keys
     history = []
     for turn in range(6):
         said = llm.tokenizer.encode(f" turn {turn}: " + CORPUS[turn], add_bos=turn == 0)
@@ -50,10 +50,10 @@ def test_resume_is_the_same_as_reading_everything_at_once(model):
         assert reply == list(fresh.generate_ids(history + said, max_new_tokens=5,
                                                 ignore_eos=True))
         history += said + reply
-    assert llm.cache.next_pos > 3 * 24 and llm.cache.k is k
+    assert llm.cache.n_seen > 3 * 24 and llm.cache.keys is k
     more = llm.tokenizer.encode(" and", add_bos=False)
     resumed = llm.prefill(more, resume=True)    # the last reply token, still unfed, goes first
-    assert llm.cache.next_pos == len(history) + len(more)
+    assert llm.cache.n_seen == len(history) + len(more)
     assert torch.allclose(resumed, fresh.prefill(history + more), atol=1e-5)
 
 

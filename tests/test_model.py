@@ -11,8 +11,10 @@ import torch
 
 from tests.reference import reference_logits
 from tests.tiny import make_tiny_model, tiny_config
-from tinfinite.cache import KVCache
+from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
+from tinfinite.rope import inverse_frequencies
+from tinfinite.topk import TopKCache
 
 UNBOUNDED = 10 ** 9
 
@@ -23,18 +25,21 @@ def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=Fal
 
     dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
     for top-k) with NaN first, as uninitialised memory may be."""
-    cfg = model.cfg
-    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=n_global,
-                    n_local=n_local, max_chunk=chunk, top_k=top_k, top_k_from_layer=from_layer,
-                    group=cfg.n_heads // cfg.n_kv_heads,
-                    dtype=dtype or model.embed_tokens.weight.dtype)
+    where = dict(max_chunk=chunk, dtype=dtype or model.embed_tokens.weight.dtype)
+    if n_local is None:
+        cache = FullCache(model.cfg, **where)
+    elif top_k:
+        cache = TopKCache(model.cfg, top_k=top_k, from_layer=from_layer, n_global=n_global,
+                          n_local=n_local, **where)
+    else:
+        cache = LambdaCache(model.cfg, n_global=n_global, n_local=n_local, **where)
     if dirty:
-        for t in (cache.k, cache.v):
+        for t in (cache.keys, cache.values):
             t[:, :, :, :cache.ring].fill_(float("nan"))
-        for t in (cache.k_all, cache.v_all):
+        for t in (getattr(cache, "every_key", None), getattr(cache, "every_value", None)):
             if t is not None:
                 t.fill_(float("nan"))
-    cache.reset(offset)
+    cache.reset(first_position=offset)
     x = torch.tensor([ids])
     out = [model(x[:, s:s + chunk], cache, last_only=False) for s in range(0, len(ids), chunk)]
     return torch.cat(out, dim=1)[0]
@@ -49,7 +54,7 @@ def test_vanilla_logits_equal_float64_reference(tmp_path, tied, n_kv_heads):
     ids = list(range(3, 40))
     got = run(model, ids, n_global=10, n_local=64, chunk=16)
     want = reference_logits(state, tiny_config(**over), ids, 0, UNBOUNDED, UNBOUNDED,
-                            model.inv_freq)
+                            inverse_frequencies(model.cfg))
     assert torch.allclose(got.double(), want, atol=2e-4, rtol=1e-4), (got - want).abs().max()
 
 
@@ -70,7 +75,7 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 60))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
-                                model.inv_freq)
+                                inverse_frequencies(model.cfg))
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
 
@@ -90,9 +95,9 @@ def test_top_k_middle_attention_equals_rule(tmp_path):
                   from_layer=from_layer)
         last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
-                                model.inv_freq, top_k, from_layer, last_rows)
+                                inverse_frequencies(model.cfg), top_k, from_layer, last_rows)
         plain = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
-                                 model.inv_freq)
+                                 inverse_frequencies(model.cfg))
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
         assert not torch.allclose(got, plain, atol=1e-3), setting  # the picks do change rows
@@ -116,7 +121,7 @@ def test_full_attention_equals_rule_without_window(tmp_path):
     model = load_model(tmp_path, dtype=torch.float64)
     ids = [random.Random(1).randrange(96) for _ in range(70)]
     got = run(model, ids, n_global=0, n_local=None, chunk=6)  # the growing cache, doubled 4 times
-    want = reference_logits(state, tiny_config(), ids, 0, UNBOUNDED, UNBOUNDED, model.inv_freq)
+    want = reference_logits(state, tiny_config(), ids, 0, UNBOUNDED, UNBOUNDED, inverse_frequencies(model.cfg))
     assert torch.allclose(got, want, atol=1e-9, rtol=0)
 
 
@@ -174,9 +179,9 @@ def test_cache_memory_does_not_grow_with_input(tmp_path):
     make_tiny_model(tmp_path)
     model = load_model(tmp_path)
     cfg = model.cfg
-    cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global=2, n_local=8, max_chunk=4)
-    buffers = (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape)
+    cache = LambdaCache(cfg, n_global=2, n_local=8, max_chunk=4)
+    buffers = (cache.keys.data_ptr(), cache.values.data_ptr(), cache.pos.data_ptr(), cache.keys.shape)
     for s in range(0, 400, 4):
         model(torch.tensor([[s % 96] * 4]), cache)
-    assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), cache.k.shape) == buffers
+    assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.pos.data_ptr(), cache.keys.shape) == buffers
     assert sorted(cache.pos.tolist()) == list(range(400 - cache.ring, 400))

@@ -1,170 +1,191 @@
-"""The KV cache: one buffer per layer, reserved once and written in place.
+"""The Λ cache: a preallocated ring of keys and values, and LM-Infinite attention over it.
 
-Slot layout (DESIGN.md §3), per layer and key head, S = ring + n_global + group * top_k slots:
+One object owns the whole mechanism: where each token's key and value live, at which distance
+a query sees them (RoPE), which ones it sees (the Λ mask of attention.py) and the one SDPA
+call per layer. The model hands it un-rotated q, k, v and gets the attention output back:
 
-    slot:  0 .. ring-1                  | ring .. +n_global        | then group * top_k
-           the ring: the token at       | the starting tokens'     | top-k middle picks of the
-           position p lives in slot     | values; their keys are   | call's last row, one block
-           p % ring, overwriting p-ring | zero (scores: the mask)  | per query head (opt-in)
+    cache.begin(T)                      # once per forward call: slots and mask for T tokens
+    y = cache.attend(layer, q, k, v)    # in every layer
 
-Ring slots remember the absolute position they hold (-1 = empty); masks are built from those
-positions, never from slot numbers, so nothing breaks when the ring wraps.
+Slots, per layer and key head (B = 1: an engine serves one text at a time):
 
-The ring has n_local + max_chunk - 1 slots rather than n_local: a chunk of T tokens is written
-*before* it attends (so the call needs no concatenation), and the extra slots keep the keys
-that the chunk's first queries still see. Decoding (T = 1) needs exactly n_local.
+    slot:  0 .. ring-1                  | ring .. ring+n_global-1  | extra slots
+           the ring: the token fed n-th | the starting tokens:     | for extensions
+           lives in slot n % ring,      | their values, and zero   | (topk.py)
+           overwriting n - ring         | keys (scores: the mask)  |
 
-Starting tokens and picks are attended at a distance that depends on the query, not on where
-the key stands (the ceiling; n_local / 2 for picks), so their keys cannot be stored rotated once.
-Their scores are computed per call from un-rotated keys (`k_start`, `k_all`) and reach SDPA
-through the additive mask (attention.py); the slots hold their values and zero keys.
+Every ring slot remembers the absolute position it holds (-1 = empty); masks are built from
+those positions, never from slot numbers, so nothing breaks when the ring wraps. The ring
+has n_local + max_chunk - 1 slots: a chunk of T tokens is written *before* it attends (no
+concatenation), and the extra slots keep the keys its first queries still see.
+
+How one SDPA call scores both kinds of keys. RoPE is relative,
+
+    <rot(q, i), rot(k, j)> = <rot(q, i - j), k>,
+
+so ring keys, stored rotated at their true positions, are scored at their true distance
+i - j by a query rotated at i: the mask adds 0 inside each row's window and -inf outside.
+A starting token out of the window must be scored at the ceiling, <rot(q_i, n_local), k_g>,
+whatever i is: that is one small (rows x n_global) product per layer with the un-rotated
+starting keys, written into the mask's starting-token columns, whose keys are zero
+(q . 0 = 0, so the mask alone is the score). One softmax thus covers window and starting
+tokens, as the rule says. A starting token still inside a row's window is an ordinary ring
+key for that row, and its starting-token column is -inf there.
+
+Until some query is n_local tokens past the first one, no key has left any window: a call is
+then exactly vanilla causal attention over the filled ring, with one mask for every head.
 
 Memory is reserved once, with torch.empty: pages become resident only as slots are written,
-so a short prompt does not pay for the whole window. A slot is never read before it is written,
-except by the masked keys of a call that sees the whole ring; those are zeroed once when the
-first such call comes (a masked key must still be finite: 0 * NaN = NaN).
-
-`--attention full` is the same cache with no window and no starting tokens: its ring starts
-small and doubles when full (the growing cache of a vanilla engine, the paper's baseline).
-Top-k middle attention (opt-in) keeps every token's un-rotated key and value (`k_all`, `v_all`),
-which grow with the input the same way: that is its memory cost.
+so a short prompt does not pay for the whole window. A slot is never read before it is
+written, except by the masked keys of a call past the window; those are zeroed before the
+first such call (a masked key must still be finite: 0 * NaN = NaN).
 """
 import torch
 
-NO_LIMIT = 1 << 62  # the window of full attention
+from tinfinite import rope
+from tinfinite.attention import additive, beyond_window, fold, lambda_mask, scores, sdpa
+from tinfinite.config import ModelConfig
 
 
-class KVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, n_global: int,
-                 n_local: int | None, max_chunk: int, top_k: int = 0, top_k_from_layer: int = 4,
-                 group: int = 1, dtype=torch.float32, device="cpu", batch: int = 1):
-        self.n_global = n_global
-        self.n_local = NO_LIMIT if n_local is None else n_local
-        self.grows = n_local is None
-        assert not (self.grows and (n_global or top_k)), "full attention sees every token"
-        self.max_chunk = max_chunk
-        self.top_k, self.top_k_from_layer, self.group = top_k, top_k_from_layer, group
-        ring = 2 * max_chunk if self.grows else self.n_local + max_chunk - 1
-        extra = n_global + group * top_k
-        shape = (n_layers, batch, n_kv_heads, ring + extra, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.k[:, :, :, ring:].zero_()  # starting tokens and picks: zero keys, values set later
-        self.v[:, :, :, ring:].zero_()
-        self._cleared = False           # unwritten ring slots zeroed (see above)
-        starts = (n_layers, batch, n_kv_heads, n_global, head_dim)
-        self.k_start = torch.zeros(starts, dtype=dtype, device=device)  # starting keys, un-rotated
-        # Every token's un-rotated key and value, for top-k middle attention only.
-        self.k_all = self.v_all = None
-        if top_k:
-            self.k_all = torch.empty((n_layers, batch, n_kv_heads, 2 * max_chunk, head_dim),
-                                     dtype=dtype, device=device)
-            self.v_all = torch.empty_like(self.k_all)
-        self.pos = torch.full((ring,), -1, dtype=torch.int64, device=device)  # per ring slot
-        self.next_pos = 0       # position of the next token to be written (before the offset)
-        self.offset = 0         # added to every position (tests shift it by 10^9)
-        self._ring_slots = self._starts = None
-        self.rotations = {}     # distance -> RoPE cos, sin: fixed-distance tables (attention.py)
+class LambdaCache:
+    """The ring cache of one model and LM-Infinite attention over it.
 
-    @property
-    def ring(self) -> int:
-        return self.pos.numel()
+    n_global: starting tokens kept for ever; n_local: the window (and the ceiling);
+    max_chunk: the most tokens one forward call may feed."""
 
-    @property
-    def n_starts(self) -> int:
-        """How many starting tokens have been seen so far."""
-        return min(self.next_pos, self.n_global)
+    def __init__(self, cfg: ModelConfig, *, n_global: int, n_local: int, max_chunk: int,
+                 dtype=torch.float32, device="cpu", extra_slots: int = 0):
+        self.n_global, self.n_local, self.max_chunk = n_global, n_local, max_chunk
+        self.n_kv_heads, self.group = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
+        self.dtype, self.device = dtype, torch.device(device)
+        # float64 on the CPU: positions up to 2^40 keep their angles exact (rope.py)
+        self.inv_freq = rope.inverse_frequencies(cfg)
+        self.ring = self.ring_slots()
+        shape = (cfg.n_layers, 1, cfg.n_kv_heads, self.ring + n_global + extra_slots, cfg.head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)      # ring keys: rotated
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.keys[:, :, :, self.ring:].zero_()     # starting tokens and extras: zero keys
+        self.values[:, :, :, self.ring:].zero_()
+        self.start_keys = torch.zeros((cfg.n_layers, 1, cfg.n_kv_heads, n_global, cfg.head_dim),
+                                      dtype=dtype, device=device)      # un-rotated
+        self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
+        self._zeroed = False  # unwritten ring slots zeroed (see above)
+        if n_global:  # a query rotated by the ceiling alone sees k_g at distance n_local
+            self.cos_ceiling, self.sin_ceiling = self.rotation(n_local)
+        self.reset()
 
-    @torch.inference_mode()  # a grown ring was made under inference mode (in forward)
-    def reset(self, offset: int = 0):
-        """Forget every token; the buffers are kept."""
+    def ring_slots(self) -> int:
+        return self.n_local + self.max_chunk - 1
+
+    def rotation(self, distance: int):
+        """cos, sin (1, hd) of one fixed distance."""
+        return rope.cos_sin(torch.tensor([distance]), self.inv_freq, self.dtype, self.device)
+
+    @torch.inference_mode()  # a grown ring (FullCache) was made in inference mode
+    def reset(self, first_position: int = 0):
+        """Forget every token (the buffers stay). The next token gets position first_position:
+        only distances matter, so any start gives the same output (the tests use 2^40)."""
         self.pos.fill_(-1)
-        self.next_pos, self.offset = 0, offset
+        self.n_seen = 0          # tokens fed since the reset
+        self.first = first_position
 
-    def claim(self, T: int) -> torch.Tensor:
-        """Take slots for the next T tokens; return their absolute positions (T,) int64.
+    def begin(self, T: int) -> torch.Tensor:
+        """Take slots for the next T tokens and make this call's RoPE tables and mask.
 
-        Updates the position table once for all layers; each layer then calls write().
-        """
+        Returns their absolute positions (T,). Every layer then calls attend()."""
         assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
-        n = self.next_pos
-        if self.grows and n + T > self.ring:
-            self._grow_ring(n + T)
-        if self.k_all is not None and n + T > self.k_all.shape[3]:
-            self.k_all, self.v_all = _grown(self.k_all, n + T), _grown(self.v_all, n + T)
-        idx = torch.arange(n, n + T, device=self.pos.device)
-        positions = idx + self.offset
-        self._ring_slots = idx % self.ring
-        self.pos[self._ring_slots] = positions
-        starts = min(n + T, self.n_global) - n  # this chunk's tokens that are starting tokens
-        self._starts = (n, n + starts) if starts > 0 else None
-        self.next_pos = n + T
+        n = self.n_seen
+        seen = torch.arange(n, n + T)
+        positions = seen + self.first
+        self.slots = (seen % self.ring).to(self.device)
+        self.pos[self.slots] = positions.to(self.device)
+        self.call_start = n
+        self.new_starts = min(n + T, self.n_global) - n  # this call's tokens that start the text
+        self.n_seen = n + T
+        self.cos, self.sin = rope.cos_sin(positions, self.inv_freq, self.dtype, self.device)  # (T, hd)
+        self.inside_window = n + T - 1 < self.n_local
+        self.mask = self.call_mask(positions.to(self.device))
         return positions
 
-    def write(self, layer: int, k_rot: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor):
-        """Store the claimed tokens of one layer in place.
+    def call_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """This call's additive mask, rows in fold() order: (group*T, filled ring) inside the
+        window; else (1, Hkv, group*T, all slots), the starting-token columns to be filled by
+        each layer (layer_mask)."""
+        ring_pos = self.pos if not self.inside_window else self.pos[:self.n_seen]
+        ring = additive(lambda_mask(positions, ring_pos, self.n_local),
+                        self.dtype).repeat(self.group, 1)                  # (group*T, R)
+        if self.inside_window:
+            return ring  # the same for every head: broadcast
+        if not self._zeroed:
+            self.keys[:, :, :, self.n_seen:self.ring].zero_()
+            self.values[:, :, :, self.n_seen:self.ring].zero_()
+            self._zeroed = True
+        mask = torch.full((1, self.n_kv_heads, ring.shape[0], self.keys.shape[3]),
+                          float("-inf"), dtype=self.dtype, device=self.device)
+        mask[..., :self.ring] = ring
+        g = torch.arange(self.n_global, device=self.device)
+        start_pos = torch.where(g < self.n_seen, g + self.first, -1)      # -1: not seen yet
+        self.start_bias = additive(beyond_window(positions, start_pos, self.n_local),
+                                   self.dtype).repeat(self.group, 1)      # (group*T, G)
+        return mask
 
-        k_rot: (B, Hkv, T, hd) keys rotated at their positions; k_raw: the same, un-rotated;
-        v: (B, Hkv, T, hd).
-        """
-        self.k[layer].index_copy_(2, self._ring_slots, k_rot)
-        self.v[layer].index_copy_(2, self._ring_slots, v)
-        if self._starts is not None:
-            a, b = self._starts
-            self.k_start[layer, :, :, a:b] = k_raw[:, :, :b - a]
-            self.v[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :b - a]
-        if self.k_all is not None:
-            n, T = self.next_pos, v.shape[2]
-            self.k_all[layer, :, :, n - T:n] = k_raw
-            self.v_all[layer, :, :, n - T:n] = v
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store this call's keys and values in the layer's slots, then attend.
 
-    def write_picks(self, layer: int, v: torch.Tensor):
-        """v: (B, Hkv, group, k, hd), the values of each query head's top-k middle picks."""
-        k = v.shape[3]
-        start = self.ring + self.n_global
-        picks = self.v[layer, :, :, start:].unflatten(2, (self.group, self.top_k))
-        picks[:, :, :, :k] = v
+        q: (B, H, T, hd), k, v: (B, Hkv, T, hd), q and k un-rotated. Returns (B, H, T, hd)."""
+        q_rot = rope.rotate(q, self.cos, self.sin)                         # at true positions
+        k_rot = rope.rotate(k, self.cos, self.sin)
+        self.store(layer, k, k_rot, v)
+        if self.inside_window:
+            n = self.n_seen
+            return sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask)
+        mask = self.layer_mask(layer, q)
+        S = mask.shape[-1]
+        return sdpa(q_rot, self.keys[layer, :, :, :S], self.values[layer, :, :, :S], mask)
 
-    def middle(self, layer: int, last: int):
-        """Un-rotated keys and values (B, Hkv, M, hd) of the middle tokens of the query at
-        position `last` (offset included): n_global <= j <= last - n_local."""
-        end = last - self.offset - self.n_local + 1
-        return (self.k_all[layer, :, :, self.n_global:end],
-                self.v_all[layer, :, :, self.n_global:end])
+    def store(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
+        """Write the call's tokens into the ring; the first n_global of the text also into the
+        starting-token slots (un-rotated key, value)."""
+        self.keys[layer].index_copy_(2, self.slots, k_rot)
+        self.values[layer].index_copy_(2, self.slots, v)
+        if self.new_starts > 0:
+            a, b = self.call_start, self.call_start + self.new_starts
+            self.start_keys[layer, :, :, a:b] = k[:, :, :self.new_starts]
+            self.values[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :self.new_starts]
 
-    def clear_unwritten(self):
-        """Before the first call that reads the whole ring: zero what was never written."""
-        if not self._cleared:
-            self.k[:, :, :, self.next_pos:self.ring].zero_()
-            self.v[:, :, :, self.next_pos:self.ring].zero_()
-            self._cleared = True
-
-    def visible(self, layer: int, wide: bool, picks: bool):
-        """Key and value views (B, Hkv, S, hd) of the slots a call attends over.
-
-        wide=False (no query is n_local past token 0 yet): the filled ring, exactly a vanilla
-        cache. wide=True: the whole ring, the starting tokens, and the picks if `picks`.
-        """
-        n = min(self.next_pos, self.ring)
-        if wide:
-            n = self.ring + self.n_global + (self.group * self.top_k if picks else 0)
-        return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
-
-    def ring_positions(self, wide: bool) -> torch.Tensor:
-        """(S_ring,) positions of the ring slots that visible() returns."""
-        return self.pos if wide else self.pos[:min(self.next_pos, self.ring)]
-
-    def _grow_ring(self, needed: int):
-        ring = self.ring
-        while ring < needed:
-            ring *= 2
-        self.k, self.v = _grown(self.k, ring), _grown(self.v, ring)  # full attention: no extras
-        pos = self.pos.new_full((ring,), -1)
-        pos[:self.pos.numel()] = self.pos
-        self.pos = pos
+    def layer_mask(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """The call's mask with this layer's starting-token scores at the ceiling,
+        <rot(q, n_local), k_g> (+ -inf where g is still in the row's window). q un-rotated."""
+        R, G = self.ring, self.n_global
+        if G:
+            q_ceiling = fold(rope.rotate(q, self.cos_ceiling, self.sin_ceiling), self.n_kv_heads)
+            self.mask[..., R:R + G] = scores(q_ceiling, self.start_keys[layer]) + self.start_bias
+        return self.mask[..., :R + G]
 
 
-def _grown(t: torch.Tensor, needed: int) -> torch.Tensor:
+class FullCache(LambdaCache):
+    """Vanilla causal attention (`--attention full`, the paper's baseline): no window, no
+    starting tokens, and a ring that doubles when full: the growing cache of a vanilla engine."""
+
+    NO_LIMIT = 1 << 62
+
+    def __init__(self, cfg: ModelConfig, *, max_chunk: int, dtype=torch.float32, device="cpu"):
+        super().__init__(cfg, n_global=0, n_local=self.NO_LIMIT, max_chunk=max_chunk,
+                         dtype=dtype, device=device)
+
+    def ring_slots(self) -> int:
+        return 2 * self.max_chunk  # to start with
+
+    def begin(self, T: int) -> torch.Tensor:
+        if self.n_seen + T > self.ring:
+            self.keys, self.values = grown(self.keys, self.n_seen + T), grown(self.values, self.n_seen + T)
+            pos = self.pos.new_full((self.keys.shape[3],), -1)
+            pos[:self.ring] = self.pos
+            self.pos, self.ring = pos, len(pos)
+        return super().begin(T)
+
+
+def grown(t: torch.Tensor, needed: int) -> torch.Tensor:
     """t (L, B, H, N, hd) copied into a buffer of at least `needed` slots (doubling)."""
     n = t.shape[3]
     while n < needed:

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from tinfinite.cache import KVCache
+from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
@@ -26,6 +26,7 @@ from tinfinite.packed import pack
 from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
+from tinfinite.topk import TopKCache
 
 # Starting tokens. The paper uses 10 (§4). Measured on the default model (README, "Starting
 # tokens: how many?"): perplexity is the same for 1-256, but a 16K passkey prompt was
@@ -118,7 +119,7 @@ class Engine:
         # Opt-in retrieval variant (DESIGN.md §2): keeps every token's key and value.
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
         self.stats = Stats()
-        self._cache: KVCache | None = None
+        self._cache: LambdaCache | None = None
         self._unfed: int | None = None  # the last generated token, if it is not in the cache
 
     @classmethod
@@ -139,22 +140,21 @@ class Engine:
         return cls(model, tokenizer, **options)
 
     @property
-    def cache(self) -> KVCache:
+    def cache(self) -> LambdaCache:
         """The preallocated cache, made on first use and reused by every call."""
         if self._cache is None:
             cfg, w = self.model.cfg, self.model.embed_tokens.weight
-            full = self.attention == "full"
-            group = cfg.n_heads // cfg.n_kv_heads
-            if not full:
-                _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
-                                          w.element_size()), w.device,
-                              f"--n-local {self.n_local}, --n-global {self.n_global}, "
-                              f"--chunk-size {self.chunk_size}")
-            self._cache = KVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
-                                  n_global=self.n_global, n_local=None if full else self.n_local,
-                                  max_chunk=self.chunk_size, top_k=self.top_k_middle,
-                                  top_k_from_layer=self.top_k_from_layer, group=group,
-                                  dtype=w.dtype, device=w.device)
+            where = dict(max_chunk=self.chunk_size, dtype=w.dtype, device=w.device)
+            if self.attention == "full":
+                self._cache = FullCache(cfg, **where)
+                return self._cache
+            _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
+                                      w.element_size()), w.device,
+                          f"--n-local {self.n_local}, --n-global {self.n_global}, "
+                          f"--chunk-size {self.chunk_size}")
+            window = dict(n_global=self.n_global, n_local=self.n_local, **where)
+            self._cache = TopKCache(cfg, top_k=self.top_k_middle, from_layer=self.top_k_from_layer,
+                                    **window) if self.top_k_middle else LambdaCache(cfg, **window)
         return self._cache
 
     def _tensor(self, ids) -> torch.Tensor:

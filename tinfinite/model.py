@@ -2,16 +2,15 @@
 
 Parameter names follow the Hugging Face checkpoint minus its "model." prefix, except that
 q/k/v and gate/up are fused into one matrix each (fewer, larger matmuls per token); the
-loader's name table (checkpoint.py) says which rows each checkpoint tensor fills. Shapes: B batch, T tokens in this call,
-D = dim, H query heads, Hkv key/value heads, hd = head_dim, S visible cache slots.
+loader's name table (checkpoint.py) says which rows each checkpoint tensor fills.
+Shapes: B batch, T tokens in this call, D = dim, H query heads, Hkv key/value heads,
+hd = head_dim. Positions, RoPE and the Λ mask belong to the cache (cache.py).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinfinite import rope
-from tinfinite.attention import Step, attend
-from tinfinite.cache import KVCache
+from tinfinite.cache import LambdaCache
 from tinfinite.config import ModelConfig
 
 
@@ -44,17 +43,12 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.dim, (self.H + 2 * self.Hkv) * self.hd)
         self.o_proj = Linear(self.H * self.hd, cfg.dim)
 
-    def forward(self, x, layer: int, cache: KVCache, step: Step):
+    def forward(self, x, layer: int, cache: LambdaCache):
         B, T, _ = x.shape
-        H, Hkv = self.H, self.Hkv
-        qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.hd).transpose(1, 2)  # (B, H+2Hkv, T, hd)
-        qk_rot = rope.rotate(qkv[:, :H + Hkv], step.cos, step.sin)  # q and k at their positions
-        q, k, v = qkv.split([H, Hkv, Hkv], dim=1)
-        cache.write(layer, qk_rot[:, H:], k, v)
-        mask = step.layer_mask(layer, q, cache)  # the Λ mask, with this layer's scores
-        keys, values = cache.visible(layer, step.wide, step.picks(layer))   # (B, Hkv, S, hd)
-        y = attend(qk_rot[:, :H], keys, values, mask)                       # (B, H, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.hd))
+        qkv = self.qkv_proj(x).view(B, T, self.H + 2 * self.Hkv, self.hd).transpose(1, 2)
+        q, k, v = qkv.split([self.H, self.Hkv, self.Hkv], dim=1)  # (B, heads, T, hd)
+        y = cache.attend(layer, q, k, v)  # RoPE, the ring and the Λ mask: cache.py
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.hd))
 
 
 class MLP(nn.Module):
@@ -77,8 +71,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, layer, cache, step):
-        x = x + self.self_attn(self.input_layernorm(x), layer, cache, step)
+    def forward(self, x, layer, cache):
+        x = x + self.self_attn(self.input_layernorm(x), layer, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -91,9 +85,6 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Tied embeddings (no lm_head in the checkpoint): the head reads the embedding matrix.
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.dim, cfg.vocab_size)
-        # float64 on the CPU, deliberately not module state: .to(dtype) must never round it,
-        # and some devices (mps) have no float64. Only the small cos/sin tables move.
-        self.inv_freq = rope.inverse_frequencies(cfg)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (..., D) -> (..., vocab) logits."""
@@ -112,16 +103,13 @@ class Llama(nn.Module):
         return self
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: KVCache, last_only: bool = True) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: LambdaCache, last_only: bool = True) -> torch.Tensor:
         """Run a chunk of tokens (B, T) through the network, appending them to the cache.
 
         Returns logits (B, vocab) of the last position, or (B, T, vocab) with last_only=False.
         """
-        T = ids.shape[1]
-        positions = cache.claim(T)
-        step = Step(cache, positions, self.inv_freq, self.embed_tokens.weight.dtype,
-                    self.cfg.n_heads // self.cfg.n_kv_heads)
+        cache.begin(ids.shape[1])
         x = self.embed_tokens(ids)                                             # (B, T, D)
         for i, block in enumerate(self.layers):
-            x = block(x, i, cache, step)
+            x = block(x, i, cache)
         return self.head(x[:, -1] if last_only else x)

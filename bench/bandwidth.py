@@ -1,6 +1,6 @@
 """The machine limit for decoding: memory read bandwidth, and the bytes one decode step reads.
 
-Decoding one token is memory-bandwidth bound (DESIGN.md §6): it reads every weight once and
+Decoding one token is memory-bandwidth bound (docs/design.md §6): it reads every weight once and
 the K/V of every visible position. So the fastest a decode step can be on this machine is
 
     limit_seconds = bytes_per_decode_step / read_bandwidth

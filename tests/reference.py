@@ -1,6 +1,6 @@
 """A naive float64 Llama with LM-Infinite attention, written from the rule, not from the engine.
 
-Explicit loops over queries, the visibility rule of DESIGN.md §2 spelled out per key, RoPE as
+Explicit loops over queries, the visibility rule of docs/design.md §2 spelled out per key, RoPE as
 rotations of (x[k], x[k + hd/2]) pairs at float64 angles. Slow and obviously right.
 """
 import math

@@ -1,4 +1,4 @@
-"""The real default model, SmolLM2-135M-Instruct (DESIGN.md §5), fetched and converted once.
+"""The real default model, SmolLM2-135M-Instruct (docs/design.md §5), fetched and converted once.
 
 Golden greedy texts pin the whole path: GGUF conversion, tokenizer, chat template, the
 network and LM-Infinite attention beyond the window. If one changes, find out why before

@@ -1,4 +1,4 @@
-"""The engine computes exactly the LM-Infinite rule of DESIGN.md §2, however it is fed.
+"""The engine computes exactly the LM-Infinite rule of docs/design.md §2, however it is fed.
 
 Every check compares against tests/reference.py, a naive float64 implementation written from
 the rule, or against the engine itself fed differently (streaming vs one pass, shifted

@@ -1,14 +1,9 @@
 """CPU matmuls on prepacked weights: every Linear through oneDNN, its weight reordered once.
 
-Decoding multiplies each weight by one row, so it should run at memory speed (DESIGN.md §6).
-On our 2-core CPU (torch 2.13) torch.mv on a plain (out, in) weight does not: in bfloat16 it
-read ~10 GB/s of the ~30 the machine has. oneDNN's linear on a weight reordered at load into
-its own blocked layout is 2-3x faster for one row, and 1.1x (bfloat16) to 1.4x (float32)
-faster for a 256-row prefill chunk; its results matched F.linear to float rounding.
-Per matrix of the default model, one row, bfloat16, plain torch.mv -> packed (µs): q/k/v
-112 -> 45, o 62 -> 26, gate/up 365 -> 130, down 132 -> 69, LM head 5522 -> 1908.
-A whole decode step (bench/profile_step.py, 256 tokens): 33.5-34.5 ms with plain weights
-(F.linear), 24.4-30.5 ms packed.
+Decoding multiplies each weight by one row, so it should run at memory speed (docs/design.md §6).
+A plain (out, in) weight does not get there on x86-64 CPUs: oneDNN's linear on a weight
+reordered once, at load, into its own blocked layout reads memory several times faster, and
+gives the same results to float rounding (figures: docs/decisions.md, "Weights prepacked").
 
 The packed layout is opaque (a `torch._mkldnn` tensor): such a module only computes. A tied
 LM head gets its own packed copy, as `--quantize int8` does (the embedding table stays plain

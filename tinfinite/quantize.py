@@ -1,15 +1,15 @@
 """Opt-in int8 weight-only quantisation (`--quantize int8`).
 
-Decoding reads every weight once per token, so it is bound by memory traffic (DESIGN.md §6):
+Decoding reads every weight once per token, so it is bound by memory traffic (docs/design.md §6):
 int8 weights are half the bytes of bfloat16 and a quarter of float32. Each output row gets
 one scale, max|row| / 127 (symmetric, per channel), and `torch.ops.aten._weight_int8pack_mm`
 multiplies without ever materialising float weights. Its input goes in as bfloat16, whatever
-the model's dtype: on CPUs that is the fast kernel (float32 input ran 7-10x slower here).
-Embedding lookups stay exact; a tied LM head gets its own int8 copy.
+the model's dtype: on CPUs that is the fast kernel. Embedding lookups stay exact; a tied LM
+head gets its own int8 copy.
 
-That kernel is a matrix-vector product at heart: for a prefill chunk of many rows it was 2.3x
-slower than dequantising the weight to bfloat16 and running one GEMM (256 rows x 576 -> 3072,
-10.7 vs 4.7 ms here), so calls of more than GEMM_ROWS rows do that instead.
+That kernel is a matrix-vector product at heart: a prefill chunk of many rows runs faster as
+one GEMM on the weight dequantised to bfloat16, so calls of more than GEMM_ROWS rows do that
+(figures: docs/decisions.md, "int8").
 """
 import torch
 import torch.nn.functional as F

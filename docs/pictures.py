@@ -4,7 +4,7 @@
     python docs/pictures.py --png docs/         # also lambda_mask.png and distance.png
 
 Nothing here is drawn by hand: visibility comes from tinfinite.attention.lambda_mask (window
-keys) and beyond_window (starting tokens seen at the ceiling), exactly as model.Step calls
+keys) and beyond_window (starting tokens seen at the ceiling), exactly as the cache calls
 them, laid out over absolute key positions instead of cache slots.
 """
 import argparse

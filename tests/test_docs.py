@@ -32,7 +32,7 @@ def test_every_reference_exists():
 
 def test_the_first_screen_says_where_the_mask_is_built():
     first_screen = "\n".join(GUIDE.read_text().splitlines()[:12])
-    for ref in ("tinfinite/attention.py:lambda_mask", "tinfinite/attention.py:Step"):
+    for ref in ("tinfinite/attention.py:lambda_mask", "tinfinite/cache.py:LambdaCache.attend"):
         assert f"`{ref}`" in first_screen
 
 
@@ -68,3 +68,24 @@ def test_pictures_script_writes_pngs(tmp_path):
     assert "x x" in r.stdout
     for name in ("lambda_mask.png", "distance.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_worked_ring_is_what_the_cache_holds(tmp_path):
+    """The guide's table of the ring as it wraps: the positions each slot holds after each call,
+    and the last query's window in brackets, as LambdaCache really leaves them."""
+    import torch
+    from tests.tiny import make_tiny_model
+    from tinfinite.cache import LambdaCache
+    from tinfinite.checkpoint import load_model
+    from tinfinite.attention import lambda_mask
+    make_tiny_model(tmp_path)
+    model = load_model(tmp_path)
+    cache = LambdaCache(model.cfg, n_global=2, n_local=4, max_chunk=2)
+    table = re.findall(r"^\| (\d) \| \d, \d \| (.*?) \| [^|]*\|$", GUIDE.read_text(), re.M)
+    assert len(table) == 5
+    for call, cells in table:
+        model(torch.tensor([[5, 6]]), cache)
+        last = cache.first + cache.n_seen - 1
+        seen = lambda_mask(torch.tensor([last]), cache.pos, cache.n_local)[0]
+        drawn = [("-" if p < 0 else f"[{p}]" if s else str(p)) for p, s in zip(cache.pos.tolist(), seen.tolist())]
+        assert [c.strip() for c in cells.split("|")] == drawn, call

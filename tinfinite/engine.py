@@ -10,7 +10,10 @@ The engine knows token ids; the tokenizer knows text. Every call streams its inp
 the same preallocated cache in chunks, so memory does not depend on the input's length.
 """
 import math
+import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -18,8 +21,10 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from tinfinite import memory, settings
 from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
+from tinfinite.config import load_config
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
 from tinfinite.packed import pack
@@ -28,18 +33,8 @@ from tinfinite.sampling import sample
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
 from tinfinite.topk import TopKCache
 
-# Starting tokens. The paper uses 10 (§4). Measured on the default model (README, "Starting
-# tokens: how many?"): perplexity is the same for 1-256, but a 16K passkey prompt was
-# answered with 64 (the whole task instruction kept) and not with 10. 64 slots cost nothing.
-N_GLOBAL = 64
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# lambda: LM-Infinite; full: vanilla causal attention (growing cache); window: a plain sliding
-# window without starting tokens (the paper's failing baseline, factor 3).
-ATTENTION = ("lambda", "full", "window")
-# Prefill chunk. 512 was measured 4-5% faster than 256 in bfloat16 (in the window 326 -> 338-343
-# tok/s, past it 177-184 -> 191-193) but doubles a wide call's per-head mask (39 -> 81 MB) and
-# adds 256 masked ring slots that every decode step past the window reads. 256 it is.
-CHUNK_SIZE = 256
+# Defaults and the rules every argument is checked with: settings.py.
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -70,18 +65,36 @@ class Score:
         return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
 
 
-def resolve_device(device: str) -> torch.device:
-    name = str(device).split(":")[0]
+def resolve_device(device: str | torch.device) -> torch.device:
+    if not isinstance(device, (str, torch.device)):
+        raise UserError(f"device={settings.shown(device)}: must be a string such as 'cpu'",
+                        "device")
+    device = str(device)
+    name = device.split(":")[0]
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        raise UserError(f"device={device!r}: no CUDA device is available here; use device='cpu'",
+                        "device")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: no Apple MPS device is available here; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {device}: unknown device; use cpu, cuda or mps")
+        raise UserError(f"device={device!r}: no Apple MPS device is available here; "
+                        f"use device='cpu'", "device")
+    if name not in settings.DEVICES:
+        raise UserError(f"device={device!r}: unknown device; use cpu, cuda or mps", "device")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise UserError(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps") from None
+        raise UserError(f"device={device!r}: not a device name; use cpu, cuda, cuda:N or mps",
+                        "device") from None
+
+
+def resolve_dtype(dtype: str, model_dir: str | Path, device: torch.device) -> str:
+    """dtype, with "auto" made the checkpoint's dtype where the device runs it natively, else
+    float32 (settings.auto_dtype)."""
+    settings.choice("dtype", dtype, settings.DTYPES)
+    if dtype != "auto":
+        return dtype
+    if not Path(model_dir).is_dir():
+        return "float32"  # load_model says what is wrong with the folder
+    return settings.auto_dtype(load_config(model_dir).torch_dtype, device)
 
 
 class Engine:
@@ -91,53 +104,78 @@ class Engine:
     (sliding window, no starting tokens). n_local: the window (default: the model's
     max_position_embeddings); n_global: starting tokens (lambda only, default 64);
     chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
-    (memory grows with the input). Bad values raise UserError with a one-line message.
+    (memory grows with the input). Defaults: settings.py. A bad argument, here or in any
+    call, raises UserError with a one-line message naming the parameter; so does a run that
+    would not fit in memory, before it allocates (memory.py).
+
+    Safe to share between threads: calls take turns. A call holds the engine until it
+    returns; a generator (generate, generate_ids, token_nlls) from its first next() until
+    it is exhausted, closed or garbage-collected, so another thread's call waits for it.
+    A generator belongs to the thread that started it: calling the engine again from that
+    thread before it is finished would wait for ever, so it raises UserError instead.
+    `stats` describes the last generate() call of any thread.
     """
 
     def __init__(self, model: Llama, tokenizer: Tokenizer, *, n_global: int | None = None,
-                 n_local: int | None = None, attention: str = "lambda",
-                 chunk_size: int = CHUNK_SIZE, top_k_middle: int = 0, top_k_from_layer: int = 4):
-        if attention not in ATTENTION:
-            raise UserError(f"--attention {attention}: choose one of {', '.join(ATTENTION)}")
-        for flag, value, least in (("--n-global", n_global, 0), ("--n-local", n_local, 1),
-                                   ("--chunk-size", chunk_size, 1),
-                                   ("--top-k-middle", top_k_middle, 0),
-                                   ("--top-k-from-layer", top_k_from_layer, 0)):
-            if value is not None and (not isinstance(value, int) or value < least):
-                raise UserError(f"{flag} {value}: must be an integer >= {least}")
+                 n_local: int | None = settings.N_LOCAL, attention: str = settings.ATTENTION,
+                 chunk_size: int = settings.CHUNK_SIZE,
+                 top_k_middle: int = settings.TOP_K_MIDDLE,
+                 top_k_from_layer: int = settings.TOP_K_FROM_LAYER):
+        settings.choice("attention", attention, settings.ATTENTIONS)
+        n_global = settings.integer("n_global", n_global, 0, none_ok=True)
+        n_local = settings.integer("n_local", n_local, 1, none_ok=True)
+        chunk_size = settings.integer("chunk_size", chunk_size, 1)
+        top_k_middle = settings.integer("top_k_middle", top_k_middle)
+        top_k_from_layer = settings.integer("top_k_from_layer", top_k_from_layer)
         if attention != "lambda" and n_global:
-            raise UserError(f"--n-global: --attention {attention} has no starting tokens")
+            raise UserError(f"n_global={n_global}: attention={attention!r} has no starting "
+                            f"tokens", "n_global")
         if attention == "full" and (n_local or top_k_middle):
-            raise UserError("--attention full sees every token: it takes no --n-local or "
-                            "--top-k-middle")
+            raise UserError("attention='full' sees every token: it takes no n_local or "
+                            "top_k_middle", "attention")
         self.model, self.tokenizer = model, tokenizer
         self.attention = attention
-        # LM-Infinite's window (§4): the pre-training length. Starting tokens: N_GLOBAL.
+        # LM-Infinite's window (§4): the pre-training length. Starting tokens: settings.N_GLOBAL.
         self.n_local = n_local or model.cfg.max_position_embeddings
-        self.n_global = (N_GLOBAL if n_global is None else n_global) if attention == "lambda" else 0
+        self.n_global = (settings.N_GLOBAL if n_global is None else n_global) \
+            if attention == "lambda" else 0
         self.chunk_size = chunk_size
         # Opt-in retrieval variant (DESIGN.md §2): keeps every token's key and value.
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
         self.stats = Stats()
         self._cache: LambdaCache | None = None
         self._unfed: int | None = None  # the last generated token, if it is not in the cache
+        self._lock = threading.Lock()    # calls take turns (see above)
+        self._holder: int | None = None  # the thread whose call holds it
+        self._check_memory()
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu",
-             quantize: str | None = None, **options) -> "Engine":
+    def load(cls, model_dir: str | Path, *, dtype: str = settings.DTYPE,
+             device: str = settings.DEVICE, quantize: str | None = None,
+             **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
         top_k_middle, top_k_from_layer (see Engine).
 
+        dtype: "auto" (default) is the checkpoint's own dtype (config.json's torch_dtype)
+        where the device computes in it natively, else float32: bfloat16 on a CPU with
+        oneDNN's bf16 kernels, on CUDA with bf16 support, on mps; float16 on cuda and mps
+        only. engine.dtype says what was chosen.
         quantize="int8": int8 weight-only matmuls (quantize.py), opt-in."""
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-        if quantize not in (None, "int8"):
-            raise UserError(f"--quantize {quantize}: the only choice is int8")
+        if not isinstance(model_dir, (str, os.PathLike)):
+            raise UserError(f"model_dir={settings.shown(model_dir)}: must be a folder path "
+                            f"(str or Path)", "model_dir")
+        settings.choice("quantize", quantize, settings.QUANTIZE)
         dev = resolve_device(device)
-        model = load_model(model_dir, DTYPES[dtype], dev)
+        dtype = resolve_dtype(dtype, model_dir, dev)
+        model = load_model(model_dir, TORCH_DTYPES[dtype], dev)
         model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
         tokenizer = Tokenizer.from_folder(model_dir)
         return cls(model, tokenizer, **options)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model computes in: "float32", "bfloat16" or "float16"."""
+        return str(self.model.embed_tokens.weight.dtype).removeprefix("torch.")
 
     @property
     def cache(self) -> LambdaCache:
@@ -148,10 +186,6 @@ class Engine:
             if self.attention == "full":
                 self._cache = FullCache(cfg, **where)
                 return self._cache
-            _check_memory(cache_bytes(cfg, self.n_global, self.n_local, self.chunk_size,
-                                      w.element_size()), w.device,
-                          f"--n-local {self.n_local}, --n-global {self.n_global}, "
-                          f"--chunk-size {self.chunk_size}")
             window = dict(n_global=self.n_global, n_local=self.n_local, **where)
             self._cache = TopKCache(cfg, top_k=self.top_k_middle, from_layer=self.top_k_from_layer,
                                     **window) if self.top_k_middle else LambdaCache(cfg, **window)
@@ -161,15 +195,61 @@ class Engine:
         return torch.tensor([list(ids)], dtype=torch.long,
                             device=self.model.embed_tokens.weight.device)
 
-    def prefill(self, ids: list[int], resume: bool = False) -> torch.Tensor:
+    # --- calls take turns ------------------------------------------------------------------
+
+    @contextmanager
+    def _turn(self):
+        """Hold the engine for one call; another thread's call waits until it is released."""
+        self._not_busy_here()
+        with self._lock:
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    def _not_busy_here(self):
+        """Waiting for the lock that this very thread holds would wait for ever."""
+        if self._holder == threading.get_ident():
+            raise UserError("the engine is busy with an unfinished generate() in this thread; "
+                            "finish or close it first")
+
+    def _serialised(self, steps: Iterator) -> Iterator:
+        """Run a generator holding the engine, from its first next() until it is exhausted or
+        closed (garbage collection closes it too: the `with` releases the lock either way)."""
+        with self._turn():
+            yield from steps
+
+    def _check_memory(self, tokens: int = 0):
+        """Refuse, before allocating, a run of `tokens` tokens (0: not known) that cannot fit."""
+        w = self.model.embed_tokens.weight
+        need = memory.run_bytes(self.model.cfg, attention=self.attention, n_local=self.n_local,
+                                n_global=self.n_global, chunk_size=self.chunk_size,
+                                top_k_middle=self.top_k_middle, itemsize=w.element_size(),
+                                tokens=tokens)
+        used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
+                    chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)
+        memory.check(need, memory.held_bytes(self._cache), w.device, used, tokens)
+
+    # --- the calls -----------------------------------------------------------------------------
+
+    def prefill(self, ids: Sequence[int], resume: bool = False) -> torch.Tensor:
         """Stream ids through the cache, chunk by chunk; return the last position's logits.
 
         A fresh cache, or with resume=True after everything the cache already holds (and the
         last generated token, if it was not fed yet)."""
+        ids = settings.token_ids(ids, self.model.cfg.vocab_size)
+        resume = settings.boolean("resume", resume)
+        with self._turn():
+            return self._prefill(ids, resume)
+
+    def _prefill(self, ids: list[int], resume: bool) -> torch.Tensor:
         if resume and self._unfed is not None:
-            ids = [self._unfed] + list(ids)
+            ids = [self._unfed] + ids
         if not ids:
-            raise UserError("the prompt is empty; give some text")
+            raise UserError("ids=[]: the prompt is empty; give some text", "ids")
+        held = self._cache.n_seen if resume and self._cache is not None else 0
+        self._check_memory(held + len(ids))
         if not resume:
             self.cache.reset()
         self._unfed = None
@@ -177,19 +257,30 @@ class Engine:
             logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
         return logits[0]                                                   # (vocab,)
 
-    def generate_ids(self, ids: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+    def generate_ids(self, ids: Sequence[int], *, max_new_tokens: int = settings.MAX_NEW_TOKENS,
+                     temperature: float = settings.TEMPERATURE, top_k: int = settings.TOP_K,
+                     top_p: float = settings.TOP_P, seed: int | None = settings.SEED,
                      ignore_eos: bool = False, resume: bool = False) -> Iterator[int]:
         """Yield new token ids after the prompt ids, until EOS or max_new_tokens.
 
         resume=True continues the previous call's context instead of starting afresh (an
         endless conversation: nothing is re-read, the cache simply goes on)."""
+        ids = settings.token_ids(ids, self.model.cfg.vocab_size)
+        options = settings.sampling(max_new_tokens, temperature, top_k, top_p, seed)
+        options.update(ignore_eos=settings.boolean("ignore_eos", ignore_eos),
+                       resume=settings.boolean("resume", resume))
+        self._not_busy_here()
+        return self._serialised(self._generate_ids(ids, **options))
+
+    def _generate_ids(self, ids: list[int], *, max_new_tokens: int, temperature: float,
+                      top_k: int, top_p: float, seed: int | None, ignore_eos: bool,
+                      resume: bool) -> Iterator[int]:
         gen = torch.Generator().manual_seed(seed if seed is not None else
                                             torch.seed() % (1 << 63))
         eos = set() if ignore_eos else set(self.tokenizer.eos_ids if self.tokenizer else [])
         self.stats = stats = Stats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
-        logits = self.prefill(ids, resume)
+        logits = self._prefill(ids, resume)
         stats.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         for n in range(max_new_tokens):
@@ -207,6 +298,9 @@ class Engine:
         stats.decode_seconds = time.perf_counter() - t0
 
     def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        """The token ids of prompt, wrapped in the model's chat template with chat=True."""
+        settings.string("prompt", prompt)
+        settings.chat_and_system(chat, system)
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                        [{"role": "user", "content": prompt}]
@@ -214,21 +308,35 @@ class Engine:
         return self.tokenizer.encode(prompt)
 
     def generate(self, prompt: str, *, chat: bool = False, system: str | None = None,
-                 stop: Iterable[str] = (), resume: bool = False, **sampling) -> Iterator[str]:
+                 stop: str | Iterable[str] = (), resume: bool = False,
+                 max_new_tokens: int = settings.MAX_NEW_TOKENS,
+                 temperature: float = settings.TEMPERATURE, top_k: int = settings.TOP_K,
+                 top_p: float = settings.TOP_P, seed: int | None = settings.SEED,
+                 ignore_eos: bool = False) -> Iterator[str]:
         """Yield the continuation of prompt as text pieces, as they are made.
 
-        sampling: max_new_tokens, temperature, top_k, top_p, seed, ignore_eos.
-        Stops at EOS, after max_new_tokens, or before the first of the `stop` strings.
-        resume=True: prompt continues the text of the previous calls (their prompts and
-        replies stay in the cache; no BOS, no chat wrapping), as in examples/chat.py.
+        Stops at EOS, after max_new_tokens, or before the first of the `stop` strings (one
+        string, or a list of them). resume=True: prompt continues the text of the previous
+        calls (their prompts and replies stay in the cache; no BOS, no chat wrapping), as in
+        examples/chat.py. Sampling: temperature 0 is greedy; top_k 0 and top_p 1 are no limit.
         """
-        stops = [s for s in stop if s]
+        settings.string("prompt", prompt)
+        settings.chat_and_system(chat, system)
+        stops = settings.stop_strings(stop)
+        options = settings.sampling(max_new_tokens, temperature, top_k, top_p, seed)
+        options.update(ignore_eos=settings.boolean("ignore_eos", ignore_eos),
+                       resume=settings.boolean("resume", resume))
+        self._not_busy_here()
+        return self._serialised(self._generate(prompt, chat, system, stops, options))
+
+    def _generate(self, prompt: str, chat: bool, system: str | None, stops: list[str],
+                  options: dict) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
         pending = ""  # text that might still turn out to be the start of a stop string
         try:
-            ids = self.tokenizer.encode(prompt, add_bos=False) if resume else \
+            ids = self.tokenizer.encode(prompt, add_bos=False) if options["resume"] else \
                 self.prompt_ids(prompt, chat, system)
-            for token in self.generate_ids(ids, resume=resume, **sampling):
+            for token in self._generate_ids(ids, **options):
                 pending += decoder.push(token)
                 cut = _find_stop(pending, stops)
                 if cut is not None:
@@ -245,63 +353,45 @@ class Engine:
         cut = _find_stop(pending, stops)
         yield pending if cut is None else pending[:cut]
 
-    @torch.inference_mode()
     def token_nlls(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
         """Per-token NLL (float64, CPU) of ids[1:] given what precedes each, chunk by chunk.
 
         Never holds more than (chunk_size, vocab) logits: each chunk's rows predict the
         next chunk's first token too.
         """
+        ids = settings.token_ids(ids, self.model.cfg.vocab_size)
+        self._not_busy_here()
+        return self._serialised(self._token_nlls(ids))
+
+    @torch.inference_mode()
+    def _token_nlls(self, ids: list[int]) -> Iterator[torch.Tensor]:
+        self._check_memory(len(ids))
         self.cache.reset()
         T = self.chunk_size
         for s in range(0, len(ids) - 1, T):
             logits = self.model(self._tensor(ids[s:s + T]), self.cache, last_only=False)[0]
             check_finite(logits)
-            targets = torch.tensor(list(ids[s + 1:s + T + 1]), device=logits.device)  # (<= T,)
+            targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)  # (<= T,)
             yield F.cross_entropy(logits[:len(targets)].float(), targets,
                                   reduction="none").double().cpu()
 
-    def perplexity(self, ids: list[int]) -> Score:
+    def perplexity(self, ids: Sequence[int]) -> Score:
         """NLL of ids[1:] given what precedes each, streamed chunk by chunk."""
-        nll = sum(chunk.sum().item() for chunk in self.token_nlls(ids))
+        ids = settings.token_ids(ids, self.model.cfg.vocab_size)
+        with self._turn():
+            nll = sum(chunk.sum().item() for chunk in self._token_nlls(ids))
         return Score(tokens=max(len(ids) - 1, 0), nll=nll)
 
     def score(self, text: str) -> Score:
         """Perplexity of text (with the tokenizer's BOS, if it adds one)."""
-        return self.perplexity(self.tokenizer.encode(text))
-
-
-def cache_bytes(cfg, n_global: int, n_local: int, chunk_size: int, itemsize: int) -> int:
-    """Bytes of the Λ cache (cache.py): K and V of the ring and the starting tokens."""
-    slots = n_local + chunk_size - 1 + n_global
-    return cfg.n_layers * cfg.n_kv_heads * slots * 2 * cfg.head_dim * itemsize
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None  # unknown (macOS, Windows): let the allocator speak
-
-
-def _check_memory(need: int, device: torch.device, flags: str):
-    have = _available_bytes(device)
-    if have is not None and need > have:
-        raise UserError(f"{flags}: the cache needs {need / 2**30:.1f} GiB but only "
-                        f"{have / 2**30:.1f} GiB is free; use a smaller --n-local or "
-                        f"--dtype bfloat16")
+        return self.perplexity(self.tokenizer.encode(settings.string("text", text)))
 
 
 def check_finite(logits: torch.Tensor):
     """float16 can overflow inside the network; never turn NaN/inf into text."""
     if not torch.isfinite(logits).all():
         raise UserError(f"the model produced NaN/inf logits ({logits.dtype} overflow?); "
-                        f"use --dtype bfloat16 or float32")
+                        f"use dtype='bfloat16' or dtype='float32'", "dtype")
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

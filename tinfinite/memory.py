@@ -1,0 +1,111 @@
+"""Will a run fit in memory? Checked before it allocates, so a run too big for the machine
+stops with a one-line message rather than swapping or being killed half way.
+
+What a run allocates up front or grows to, besides the weights (batch 1; "slot" = one token's
+key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes):
+
+    cache    the ring (n_local + chunk_size - 1 slots), the starting tokens (n_global slots and
+             their un-rotated keys) and the top-k picks (group x top_k_middle slots)
+    mask     a wide chunk's per-head mask, kv_heads x (group x chunk_size) x (all those slots)
+             in the model's dtype (attention.py)
+    logits   a chunk's (chunk_size, vocab) logits in float32, and the float32 copy that
+             cross-entropy takes (Engine.token_nlls)
+    grows    top_k_middle keeps every token's slot, in a buffer that doubles (2 x chunk_size
+             slots first); attention="full" grows its ring the same way, and its one mask
+             with it. While a buffer doubles, the old half is still there.
+
+The growing buffers are counted for the input's length when a call knows it (prefill,
+perplexity); a decode step's one token is not checked.
+"""
+from pathlib import Path
+
+import torch
+
+from tinfinite.config import ModelConfig
+from tinfinite.errors import UserError
+from tinfinite.settings import shown
+
+# Which settings make each item big: a refusal names those of the largest item.
+CAUSES = {"cache": ("n_local", "n_global", "chunk_size"), "mask": ("n_local", "chunk_size"),
+          "logits": ("chunk_size",), "top-k keys/values": ("top_k_middle",)}
+
+
+def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
+              chunk_size: int, top_k_middle: int, itemsize: int, tokens: int = 0) -> dict:
+    """Bytes of each item above (name -> bytes) for a run of `tokens` tokens (0: not known)."""
+    L, Hkv, hd, group = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    slot = 2 * L * Hkv * hd * itemsize
+    if attention == "full":
+        ring = doubled(2 * chunk_size, tokens)
+        return {"cache": slot * ring + copied(slot, 2 * chunk_size, ring) + 8 * ring,
+                "mask": group * chunk_size * ring * itemsize,
+                "logits": 2 * chunk_size * cfg.vocab_size * 4}
+    ring = n_local + chunk_size - 1
+    slots = ring + n_global + group * top_k_middle
+    need = {"cache": slot * slots + L * Hkv * n_global * hd * itemsize + 8 * ring,
+            "mask": Hkv * group * chunk_size * slots * itemsize,
+            "logits": 2 * chunk_size * cfg.vocab_size * 4}
+    if top_k_middle:
+        every = doubled(2 * chunk_size, tokens)
+        need["top-k keys/values"] = slot * every + copied(slot, 2 * chunk_size, every)
+    return need
+
+
+def doubled(first: int, tokens: int) -> int:
+    """Slots of a buffer that starts at `first` and doubles until `tokens` fit."""
+    n = first
+    while n < tokens:
+        n *= 2
+    return n
+
+
+def copied(slot: int, first: int, final: int) -> int:
+    """The old half, alive while a grown buffer is copied into its double."""
+    return slot * final // 2 if final > first else 0
+
+
+def check(need: dict, held: int, device: torch.device, settings: dict, tokens: int = 0):
+    """Refuse a run whose items `need` do not fit in what is free plus what this engine
+    already `held` (its cache, reused or replaced). settings: the engine's, by name."""
+    have = available_bytes(device)
+    total = sum(need.values())
+    if have is None or total <= have + held:
+        return
+    biggest = max(need, key=need.get)
+    causes = CAUSES[biggest] if settings["attention"] != "full" else ("attention", "chunk_size")
+    named = ", ".join(f"{name}={shown(settings[name])}" for name in causes)
+    if tokens and (biggest == "top-k keys/values" or settings["attention"] == "full"):
+        named += f" for {tokens} tokens"
+    items = ", ".join(f"{name} {gib(n)}" for name, n in need.items())
+    advice = "a smaller n_local, chunk_size or top_k_middle"
+    if settings["attention"] == "full":
+        advice = "a smaller chunk_size or input, or attention='lambda' (constant memory)"
+    if settings["dtype"] == "float32":
+        advice += ", or dtype='bfloat16'"
+    raise UserError(f"{named}: the run needs {gib(total)} ({items}) but only {gib(have + held)} "
+                    f"is free; use {advice}", causes[0])
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def held_bytes(cache) -> int:
+    """Bytes of the tensors a cache object holds (None: nothing yet)."""
+    if cache is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in vars(cache).values()
+               if isinstance(t, torch.Tensor))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on the device: CUDA's free memory, else the system's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # unknown (macOS, Windows): let the allocator speak

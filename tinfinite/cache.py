@@ -25,10 +25,13 @@ How one SDPA call scores both kinds of keys. RoPE is relative,
 
 so ring keys, stored rotated at their true positions, are scored at their true distance
 i - j by a query rotated at i: the mask adds 0 inside each row's window and -inf outside.
-A starting token out of the window must be scored at the ceiling, <rot(q_i, n_local), k_g>,
-whatever i is: that is one small (rows x n_global) product per layer with the un-rotated
-starting keys, written into the mask's starting-token columns, whose keys are zero
-(q . 0 = 0, so the mask alone is the score). One softmax thus covers window and starting
+A starting token out of the window must be scored at the ceiling whatever i is,
+
+    <rot(q_i, n_local), k_g> = <q_i, rot(k_g, -n_local)>,
+
+so its key is stored turned back by the ceiling, once, and the un-rotated query scores it:
+one small (rows x n_global) product per layer, written into the mask's starting-token
+columns, whose keys are zero (q . 0 = 0, so the mask alone is the score). One softmax thus covers window and starting
 tokens, as the rule says. A starting token still inside a row's window is an ordinary ring
 key for that row, and its starting-token column is -inf there.
 
@@ -66,20 +69,23 @@ class LambdaCache:
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.keys[:, :, :, self.ring:].zero_()     # starting tokens and extras: zero keys
         self.values[:, :, :, self.ring:].zero_()
+        # The starting tokens' keys, turned back by the ceiling: rot(k_g, -n_local)
         self.start_keys = torch.zeros((cfg.n_layers, 1, cfg.n_kv_heads, n_global, cfg.head_dim),
-                                      dtype=dtype, device=device)      # un-rotated
+                                      dtype=dtype, device=device)
         self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self._zeroed = False  # unwritten ring slots zeroed (see above)
-        if n_global:  # a query rotated by the ceiling alone sees k_g at distance n_local
-            self.cos_ceiling, self.sin_ceiling = self.rotation(n_local)
+        if n_global:
+            self.cos_back, self.sin_back = self.turn_back(n_local)
         self.reset()
 
     def ring_slots(self) -> int:
         return self.n_local + self.max_chunk - 1
 
-    def rotation(self, distance: int):
-        """cos, sin (1, hd) of one fixed distance."""
-        return rope.cos_sin(torch.tensor([distance]), self.inv_freq, self.dtype, self.device)
+    def turn_back(self, distance: int):
+        """cos, sin (1, hd) of a rotation by -distance: the rotation by distance, inverted
+        (the same cosines, the sines negated), so that rope.rotate turns keys back."""
+        cos, sin = rope.cos_sin(torch.tensor([distance]), self.inv_freq, self.dtype, self.device)
+        return cos, -sin
 
     @torch.inference_mode()  # a grown ring (FullCache) was made in inference mode
     def reset(self, first_position: int = 0):
@@ -95,16 +101,15 @@ class LambdaCache:
         Returns their absolute positions (T,). Every layer then calls attend()."""
         assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
         n = self.n_seen
-        seen = torch.arange(n, n + T)
-        positions = seen + self.first
-        self.slots = (seen % self.ring).to(self.device)
-        self.pos[self.slots] = positions.to(self.device)
+        positions = torch.arange(n + self.first, n + self.first + T)  # on the CPU, for RoPE
+        self.slots = torch.arange(n, n + T, device=self.device) % self.ring
+        self.pos[self.slots] = here = positions.to(self.device)
         self.call_start = n
         self.new_starts = min(n + T, self.n_global) - n  # this call's tokens that start the text
         self.n_seen = n + T
         self.cos, self.sin = rope.cos_sin(positions, self.inv_freq, self.dtype, self.device)  # (T, hd)
         self.inside_window = n + T - 1 < self.n_local
-        self.mask = self.call_mask(positions.to(self.device))
+        self.mask = self.call_mask(here)
         return positions
 
     def call_mask(self, positions: torch.Tensor) -> torch.Tensor:
@@ -145,21 +150,22 @@ class LambdaCache:
 
     def store(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         """Write the call's tokens into the ring; the first n_global of the text also into the
-        starting-token slots (un-rotated key, value)."""
+        starting-token slots (the key turned back by the ceiling, the value)."""
         self.keys[layer].index_copy_(2, self.slots, k_rot)
         self.values[layer].index_copy_(2, self.slots, v)
         if self.new_starts > 0:
             a, b = self.call_start, self.call_start + self.new_starts
-            self.start_keys[layer, :, :, a:b] = k[:, :, :self.new_starts]
+            self.start_keys[layer, :, :, a:b] = rope.rotate(k[:, :, :self.new_starts],
+                                                            self.cos_back, self.sin_back)
             self.values[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :self.new_starts]
 
     def layer_mask(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """The call's mask with this layer's starting-token scores at the ceiling,
-        <rot(q, n_local), k_g> (+ -inf where g is still in the row's window). q un-rotated."""
+        <q, rot(k_g, -n_local)> (+ -inf where g is still in the row's window). q un-rotated."""
         R, G = self.ring, self.n_global
         if G:
-            q_ceiling = fold(rope.rotate(q, self.cos_ceiling, self.sin_ceiling), self.n_kv_heads)
-            self.mask[..., R:R + G] = scores(q_ceiling, self.start_keys[layer]) + self.start_bias
+            self.mask[..., R:R + G] = scores(fold(q, self.n_kv_heads), self.start_keys[layer]) \
+                + self.start_bias
         return self.mask[..., :R + G]
 
 

@@ -1,9 +1,9 @@
 """Rotary position embedding (RoPE) in the rotate-half layout of Hugging Face Llama checkpoints.
 
-RoPE is relative: <rot(q, i), rot(k, j)> depends only on i - j. LM-Infinite relies on that
-twice: keys are rotated once, at their true position, when they enter the cache; and a query
-sees a far starting token "as if" it stood `ceiling` tokens away by rotating the query by
-the ceiling alone (docs/design.md §2).
+RoPE is relative: <rot(q, i), rot(k, j)> = <rot(q, i - j), k> = <q, rot(k, j - i)>.
+LM-Infinite relies on that twice: keys are rotated once, at their true position, when they
+enter the cache; and a query sees a far starting token "as if" it stood `ceiling` tokens
+away because that token's key is kept turned back by the ceiling (cache.py; docs/design.md §2).
 
 Positions are exact int64. A float32 angle i * f loses all precision past ~2^24 tokens, and
 a float64 one keeps only ~1e-4 rad at 2^40. RoPE only uses angle differences, so angles are

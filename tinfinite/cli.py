@@ -56,6 +56,10 @@ def model_flags(p: argparse.ArgumentParser):
                         f"({settings.TOP_K_FROM_LAYER})")
     p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
                    help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="compute threads (default: the cores that other processes leave "
+                        "free while the model loads, from /proc/stat; at least 1, at most "
+                        "torch's default: a thread per core, or OMP_NUM_THREADS)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -154,7 +158,7 @@ def load_engine(a):
     return Engine.load(model, dtype=a.dtype, device=a.device, quantize=a.quantize,
                        n_global=a.n_global, n_local=a.n_local, attention=a.attention,
                        chunk_size=a.chunk_size, top_k_middle=a.top_k_middle,
-                       top_k_from_layer=a.top_k_from_layer)
+                       top_k_from_layer=a.top_k_from_layer, threads=a.threads)
 
 
 def run_generate(a):

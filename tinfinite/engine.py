@@ -30,6 +30,7 @@ from tinfinite.model import Llama
 from tinfinite.packed import pack
 from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
+from tinfinite.threads import ThreadChoice
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
 from tinfinite.topk import TopKCache
 
@@ -152,7 +153,7 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = settings.DTYPE,
              device: str = settings.DEVICE, quantize: str | None = None,
-             **options) -> "Engine":
+             threads: int | None = settings.THREADS, **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
         top_k_middle, top_k_from_layer (see Engine).
 
@@ -160,14 +161,18 @@ class Engine:
         where the device computes in it natively, else float32: bfloat16 on a CPU with
         oneDNN's bf16 kernels, on CUDA with bf16 support, on mps; float16 on cuda and mps
         only. engine.dtype says what was chosen.
-        quantize="int8": int8 weight-only matmuls (quantize.py), opt-in."""
+        quantize="int8": int8 weight-only matmuls (quantize.py), opt-in.
+        threads: torch's compute threads, set for the whole process; None (default): the
+        cores other processes leave free while the model loads (threads.py)."""
         if not isinstance(model_dir, (str, os.PathLike)):
             raise UserError(f"model_dir={settings.shown(model_dir)}: must be a folder path "
                             f"(str or Path)", "model_dir")
         settings.choice("quantize", quantize, settings.QUANTIZE)
         dev = resolve_device(device)
         dtype = resolve_dtype(dtype, model_dir, dev)
+        compute = ThreadChoice(threads)  # auto: watches the machine's load while we load
         model = load_model(model_dir, TORCH_DTYPES[dtype], dev)
+        compute.apply()
         model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
         tokenizer = Tokenizer.from_folder(model_dir)
         return cls(model, tokenizer, **options)

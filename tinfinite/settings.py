@@ -43,6 +43,8 @@ DTYPE = "auto"
 DEVICES = ("cpu", "cuda", "mps")
 DEVICE = "cpu"
 QUANTIZE = (None, "int8")
+# Compute threads: None = the cores other processes leave free while the model loads (threads.py).
+THREADS = None
 
 # --- what a call makes (generate, generate_ids) --------------------------------------------
 

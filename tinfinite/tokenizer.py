@@ -10,15 +10,12 @@ sees ids.
 import json
 import re
 from array import array
-from datetime import datetime
 from pathlib import Path
 
-import jinja2
-import jinja2.ext
-import jinja2.sandbox
 import sentencepiece
 import tokenizers
 
+from tinfinite import chat_template
 from tinfinite.errors import UserError
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for bytes that are not (yet) valid UTF-8
@@ -114,21 +111,6 @@ class _SPBackend:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
-
-
-def _raise_exception(message):
-    # Templates call this to refuse a conversation (e.g. roles that do not alternate).
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # Jinja's own tojson HTML-escapes; chat templates expect plain JSON, as in transformers.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    # Llama 3.x templates print today's date in their system prompt.
-    return datetime.now().strftime(fmt)
 
 
 def _chat_template(folder: Path, tok_config: dict) -> tuple[str | None, Path]:
@@ -252,19 +234,10 @@ class Tokenizer:
         if self.chat_template is None:
             raise UserError(f"the model in {self.folder} has no chat template "
                             "(no chat_template.jinja or tokenizer_config.json chat_template); drop --chat")
-        # The template is untrusted input from the model folder: render it sandboxed.
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        try:
-            return env.from_string(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token)
-        except jinja2.TemplateError as e:
-            raise UserError(f"chat template in {self.template_source} failed: {e}; "
-                            "check the messages or fix the template") from None
+        # The template is untrusted input from the model folder: sandboxed, with limits.
+        return chat_template.render(self.chat_template, self.template_source,
+                                    messages=messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=self.bos_token, eos_token=self.eos_token)
 
 
 def _cut(text: str, start: int, limit: int) -> int:

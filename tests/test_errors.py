@@ -238,6 +238,11 @@ def test_window_larger_than_memory(capsys, good):
     fails(capsys, gen(good, "--n-local", 10**12), "--n-local", "GiB")
 
 
+def test_passkey_lengths_have_an_upper_bound(capsys, good):
+    fails(capsys, ["passkey", "--model", good, "--lengths", 2**24 + 1], f"--lengths {2**24 + 1}",
+          "at most")
+
+
 def test_system_without_chat(capsys, good):
     fails(capsys, gen(good, "--system", "be brief"), "--system", "--chat")
 

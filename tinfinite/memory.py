@@ -25,9 +25,11 @@ from tinfinite.config import ModelConfig
 from tinfinite.errors import UserError
 from tinfinite.settings import shown
 
-# Which settings make each item big: a refusal names those of the largest item.
-CAUSES = {"cache": ("n_local", "n_global", "chunk_size"), "mask": ("n_local", "chunk_size"),
-          "logits": ("chunk_size",), "top-k keys/values": ("top_k_middle",)}
+# Which settings make each item big: a refusal names those of the largest item (top_k_middle
+# only when it is on).
+CAUSES = {"cache": ("n_local", "n_global", "chunk_size", "top_k_middle"),
+          "mask": ("n_local", "chunk_size", "top_k_middle"), "logits": ("chunk_size",),
+          "top-k keys/values": ("top_k_middle",)}
 
 
 def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
@@ -72,7 +74,9 @@ def check(need: dict, held: int, device: torch.device, settings: dict, tokens: i
     if have is None or total <= have + held:
         return
     biggest = max(need, key=need.get)
-    causes = CAUSES[biggest] if settings["attention"] != "full" else ("attention", "chunk_size")
+    causes = [c for c in CAUSES[biggest] if c != "top_k_middle" or settings[c]]
+    if settings["attention"] == "full":
+        causes = ["attention", "chunk_size"]
     named = ", ".join(f"{name}={shown(settings[name])}" for name in causes)
     if tokens and (biggest == "top-k keys/values" or settings["attention"] == "full"):
         named += f" for {tokens} tokens"

@@ -105,9 +105,10 @@ SAMPLING = [
     (dict(top_p=0), "top_p=0: must be a number in (0, 1]", "top_p"),
     (dict(top_p=1.5), "top_p=1.5: must be a number in (0, 1]", "top_p"),
     (dict(top_p=math.nan), "top_p=nan: must be a number in (0, 1]", "top_p"),
-    (dict(seed=2**64), f"seed={2**64}: must fit in 64 bits", "seed"),
-    (dict(seed=-2**63 - 1), f"seed={-2**63 - 1}: must be an integer", "seed"),
-    (dict(seed="7"), "seed='7': must be an integer", "seed"),
+    (dict(seed=2**64), f"seed={2**64}: must be None or an integer that fits in 64 bits", "seed"),
+    (dict(seed=-2**63 - 1), f"seed={-2**63 - 1}: must be None or an integer that fits", "seed"),
+    (dict(seed="7"), "seed='7': must be None or an integer that fits in 64 bits", "seed"),
+    (dict(seed=True), "seed=True: must be None or an integer", "seed"),
     (dict(ignore_eos=1), "ignore_eos=1: must be True or False", "ignore_eos"),
     (dict(resume="no"), "resume='no': must be True or False", "resume"),
 ]

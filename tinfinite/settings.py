@@ -30,8 +30,8 @@ N_LOCAL = None
 # Prefill chunk: longer is barely faster, while the wide per-head mask and the ring grow with
 # it (measurements: docs/decisions.md).
 CHUNK_SIZE = 256
-# Top-k middle attention, the paper's retrieval variant (§5.2): off; when on, the lower layers
-# still attend locally and picks start at this layer (from 0).
+# Top-k middle attention, the paper's retrieval variant (§5.2): off; when on, used from this
+# layer (from 0) up.
 TOP_K_MIDDLE = 0
 TOP_K_FROM_LAYER = 4
 
@@ -54,7 +54,7 @@ TOP_K = 0           # 0 = no limit
 TOP_P = 1.0         # 1 = no limit
 SEED = None         # None = a fresh random seed per call
 
-# A passkey prompt longer than this is a typo (16M tokens: 30 hours at ~150 tokens/s).
+# A passkey prompt longer than this (16M tokens) is a typo: a day of prefill on a CPU.
 MAX_PASSKEY_LENGTH = 2**24
 
 
@@ -107,12 +107,13 @@ def sampling(max_new_tokens, temperature, top_k, top_p, seed) -> dict:
     if isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0 < top_p <= 1:
         raise UserError(f"top_p={shown(top_p)}: must be a number in (0, 1] (1 = no limit)",
                         "top_p")
-    seed = integer("seed", seed, least=-2**63, none_ok=True)
-    if seed is not None and seed >= 2**64:
-        raise UserError(f"seed={seed}: must fit in 64 bits", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)
+                             or not -2**63 <= seed < 2**64):
+        raise UserError(f"seed={shown(seed)}: must be None or an integer that fits in 64 bits",
+                        "seed")
     return dict(max_new_tokens=integer("max_new_tokens", max_new_tokens),
                 temperature=float(temperature), top_k=integer("top_k", top_k),
-                top_p=float(top_p), seed=seed)
+                top_p=float(top_p), seed=None if seed is None else int(seed))
 
 
 def chat_and_system(chat, system):

@@ -79,7 +79,8 @@ def test_the_installed_package_runs_from_any_folder(venv, tmp_path):
 def test_the_console_script_is_the_command_line(venv, tmp_path):
     tinfinite = venv / "bin" / "tinfinite"
     env = user_env(tmp_path)
-    assert "--prompt-text" in run(tinfinite, "--help", cwd=tmp_path, env=env)
+    assert run(tinfinite, "--help", cwd=tmp_path, env=env).startswith("usage: tinfinite ")
+    assert "usage: tinfinite serve" in run(tinfinite, "serve", "--help", cwd=tmp_path, env=env)
     model = tiny_llama(tmp_path / "tiny")
     r = subprocess.run([str(tinfinite), "--model", str(model), "--prompt-text", "hi",
                         "--max-new-tokens", "2", "--ignore-eos"], cwd=tmp_path, env=env,

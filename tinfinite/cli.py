@@ -16,12 +16,15 @@ from pathlib import Path
 from tinfinite import settings
 from tinfinite.errors import UserError
 
+# The program's name in usage lines: `tinfinite` once installed, `main.py` in a checkout.
+PROG = "tinfinite" if Path(sys.argv[0]).name == "tinfinite" else "main.py"
 EXAMPLES = """examples:
   python main.py --prompt-text "What is the capital of France?" --chat
   python main.py --model path/to/llama --prompt book.txt --max-new-tokens 200
-  python main.py perplexity --file ../shared/data/texts/moby_dick.txt --max-tokens 32768 --json
+  python main.py perplexity --file book.txt --max-tokens 32768 --json
   python main.py perplexity --file a.txt b.txt --report-every 4096 --attention window
   python main.py passkey --lengths 4096 16384 --trials 5 --top-k-middle 5
+  python main.py serve --port 8000
 """
 
 
@@ -65,10 +68,10 @@ def model_flags(p: argparse.ArgumentParser):
 
 def generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="main.py", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate text with a Llama model far past its training length "
-                    "(LM-Infinite). Subcommands: `main.py perplexity -h`, "
-                    "`main.py passkey -h`, `main.py serve -h`.")
+                    f"(LM-Infinite). Subcommands: `{PROG} perplexity -h`, "
+                    f"`{PROG} passkey -h`, `{PROG} serve -h`.")
     model_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="file holding the prompt (UTF-8 text)")
@@ -90,7 +93,7 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def perplexity_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py perplexity",
+    p = argparse.ArgumentParser(prog=f"{PROG} perplexity",
                                 description="Stream text files through the model and report "
                                             "token count, total NLL and perplexity.")
     model_flags(p)
@@ -105,7 +108,7 @@ def perplexity_parser() -> argparse.ArgumentParser:
 
 
 def passkey_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py passkey",
+    p = argparse.ArgumentParser(prog=f"{PROG} passkey",
                                 description="Passkey retrieval (the paper's §5.2): a 5-digit "
                                             "key hidden at a random depth of filler text, "
                                             "asked for at the end; greedy, scored on the "
@@ -261,7 +264,7 @@ def run_passkey(a):
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py serve",
+    p = argparse.ArgumentParser(prog=f"{PROG} serve",
                                 description="Serve the model over HTTP with OpenAI's API "
                                             "(/v1/models, /v1/chat/completions, "
                                             "/v1/completions), one request at a time.")

@@ -23,12 +23,15 @@ def visible(i: int, j: int, n_global: int, n_local: int) -> bool:
 
 def reference_logits(state: dict, cfg: dict, ids: list[int], n_global: int, n_local: int,
                      ceiling: int, inv_freq: torch.Tensor, top_k: int = 0, from_layer: int = 0,
-                     last_rows: set[int] = frozenset()) -> torch.Tensor:
+                     last_rows: set[int] = frozenset(), start_distance=None) -> torch.Tensor:
     """(T, vocab) float64 logits of every position of ids, under the Λ rule.
 
     Top-k middle attention: in layers >= from_layer, each query i in last_rows (the last row of
     each forward call) also attends, per head, to the top_k middle keys n_global <= j <=
-    i - n_local with the highest score at distance n_local // 2, scored at that distance."""
+    i - n_local with the highest score at distance n_local // 2, scored at that distance.
+
+    start_distance(g): the distance a starting token g beyond the window is seen at, instead of
+    the ceiling (the "spread" variant)."""
     W = {k: v.double() for k, v in state.items()}
     H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg["hidden_size"]
@@ -51,7 +54,8 @@ def reference_logits(state: dict, cfg: dict, ids: list[int], n_global: int, n_lo
             kv = head // (H // Hkv)                            # grouped-query sharing
             for i in range(T):
                 js = [j for j in range(i + 1) if visible(i, j, n_global, n_local)]
-                dist = [min(i - j, ceiling) for j in js]
+                dist = [min(i - j, ceiling) if start_distance is None or i - j < n_local
+                        else start_distance(j) for j in js]
                 middle = list(range(n_global, i - n_local + 1))
                 if top_k and layer >= from_layer and i in last_rows and middle:
                     at = torch.tensor([n_local // 2] * len(middle))

@@ -20,7 +20,7 @@ UNBOUNDED = 10 ** 9
 
 
 def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False, top_k=0,
-        from_layer=4):
+        from_layer=4, start_distances="ceiling"):
     """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
 
     dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
@@ -30,9 +30,10 @@ def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=Fal
         cache = FullCache(model.cfg, **where)
     elif top_k:
         cache = TopKCache(model.cfg, top_k=top_k, from_layer=from_layer, n_global=n_global,
-                          n_local=n_local, **where)
+                          n_local=n_local, start_distances=start_distances, **where)
     else:
-        cache = LambdaCache(model.cfg, n_global=n_global, n_local=n_local, **where)
+        cache = LambdaCache(model.cfg, n_global=n_global, n_local=n_local,
+                            start_distances=start_distances, **where)
     if dirty:
         for t in (cache.keys, cache.values):
             t[:, :, :, :cache.ring].fill_(float("nan"))
@@ -101,6 +102,31 @@ def test_top_k_middle_attention_equals_rule(tmp_path):
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
         assert not torch.allclose(got, plain, atol=1e-3), setting  # the picks do change rows
+
+
+def test_spread_starting_tokens_equal_their_rule(tmp_path):
+    """start_distances="spread": a starting token g beyond the window is seen at distance
+    n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling."""
+    rng = random.Random(5)
+    for trial in range(6):
+        over = dict(num_key_value_heads=rng.choice([1, 2, 4]))
+        folder = tmp_path / str(trial)
+        state = make_tiny_model(folder, seed=trial, **over)
+        model = load_model(folder, dtype=torch.float64)
+        n_global, n_local, chunk = rng.randint(1, 5), rng.randint(2, 12), rng.randint(1, 9)
+        top_k = rng.choice([0, 3])
+        ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
+        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
+                  from_layer=0, start_distances="spread")
+        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
+        want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
+                                inverse_frequencies(model.cfg), top_k, 0, last_rows,
+                                start_distance=lambda g: max(n_local - 1 - g, 0))
+        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k)
+        assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+        ceiling = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
+                      from_layer=0)
+        assert not torch.allclose(got, ceiling, atol=1e-6), setting  # it is another rule
 
 
 def test_reserved_but_unwritten_cache_memory_is_never_used(tmp_path):

@@ -33,7 +33,9 @@ so its key is stored turned back by the ceiling, once, and the un-rotated query 
 one small (rows x n_global) product per layer, written into the mask's starting-token
 columns, whose keys are zero (q . 0 = 0, so the mask alone is the score). One softmax thus covers window and starting
 tokens, as the rule says. A starting token still inside a row's window is an ordinary ring
-key for that row, and its starting-token column is -inf there.
+key for that row, and its starting-token column is -inf there. (With start_distances="spread"
+each starting token is turned back by a distance of its own inside the window instead:
+START_DISTANCES.)
 
 Until some query is n_local tokens past the first one, no key has left any window: a call is
 then exactly vanilla causal attention over the filled ring, with one mask for every head.
@@ -50,14 +52,27 @@ from tinfinite.attention import additive, beyond_window, fold, lambda_mask, scor
 from tinfinite.config import ModelConfig
 
 
+# Where a query sees starting token g (0 <= g < n_global) once it is beyond the window:
+# "ceiling" is the paper's rule, every one at distance n_local, one past the trained range;
+# "spread" keeps them inside the trained range, in their order, where they would stand just
+# before the window: token g at n_local - 1 - g (at least 0). docs/decisions.md says which
+# is the default and why.
+START_DISTANCES = {
+    "ceiling": lambda n_global, n_local: torch.full((n_global,), n_local),
+    "spread": lambda n_global, n_local: (n_local - 1 - torch.arange(n_global)).clamp(min=0),
+}
+
+
 class LambdaCache:
     """The ring cache of one model and LM-Infinite attention over it.
 
     n_global: starting tokens kept for ever; n_local: the window (and the ceiling);
-    max_chunk: the most tokens one forward call may feed."""
+    max_chunk: the most tokens one forward call may feed; start_distances: where a query sees
+    the starting tokens beyond its window (START_DISTANCES)."""
 
     def __init__(self, cfg: ModelConfig, *, n_global: int, n_local: int, max_chunk: int,
-                 dtype=torch.float32, device="cpu", extra_slots: int = 0):
+                 dtype=torch.float32, device="cpu", start_distances: str = "ceiling",
+                 extra_slots: int = 0):
         self.n_global, self.n_local, self.max_chunk = n_global, n_local, max_chunk
         self.n_kv_heads, self.group = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
         self.dtype, self.device = dtype, torch.device(device)
@@ -69,22 +84,22 @@ class LambdaCache:
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.keys[:, :, :, self.ring:].zero_()     # starting tokens and extras: zero keys
         self.values[:, :, :, self.ring:].zero_()
-        # The starting tokens' keys, turned back by the ceiling: rot(k_g, -n_local)
+        # The starting tokens' keys, turned back by their distance: rot(k_g, -d_g)
         self.start_keys = torch.zeros((cfg.n_layers, 1, cfg.n_kv_heads, n_global, cfg.head_dim),
                                       dtype=dtype, device=device)
         self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self._zeroed = False  # unwritten ring slots zeroed (see above)
-        if n_global:
-            self.cos_back, self.sin_back = self.turn_back(n_local)
+        distances = START_DISTANCES[start_distances](n_global, n_local)           # (G,)
+        self.cos_back, self.sin_back = self.turn_back(distances)                 # (G, hd)
         self.reset()
 
     def ring_slots(self) -> int:
         return self.n_local + self.max_chunk - 1
 
-    def turn_back(self, distance: int):
-        """cos, sin (1, hd) of a rotation by -distance: the rotation by distance, inverted
-        (the same cosines, the sines negated), so that rope.rotate turns keys back."""
-        cos, sin = rope.cos_sin(torch.tensor([distance]), self.inv_freq, self.dtype, self.device)
+    def turn_back(self, distances: torch.Tensor):
+        """cos, sin (N, hd) of rotations by -distances (N,): the rotations by distances,
+        inverted (the same cosines, the sines negated), so that rope.rotate turns keys back."""
+        cos, sin = rope.cos_sin(distances, self.inv_freq, self.dtype, self.device)
         return cos, -sin
 
     @torch.inference_mode()  # a grown ring (FullCache) was made in inference mode
@@ -156,12 +171,12 @@ class LambdaCache:
         if self.new_starts > 0:
             a, b = self.call_start, self.call_start + self.new_starts
             self.start_keys[layer, :, :, a:b] = rope.rotate(k[:, :, :self.new_starts],
-                                                            self.cos_back, self.sin_back)
+                                                            self.cos_back[a:b], self.sin_back[a:b])
             self.values[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :self.new_starts]
 
     def layer_mask(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """The call's mask with this layer's starting-token scores at the ceiling,
-        <q, rot(k_g, -n_local)> (+ -inf where g is still in the row's window). q un-rotated."""
+        """The call's mask with this layer's starting-token scores, <q, rot(k_g, -d_g)>
+        (+ -inf where g is still in the row's window). q un-rotated."""
         R, G = self.ring, self.n_global
         if G:
             self.mask[..., R:R + G] = scores(fold(q, self.n_kv_heads), self.start_keys[layer]) \

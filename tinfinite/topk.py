@@ -36,17 +36,19 @@ class TopKCache(LambdaCache):
     """The Λ cache plus, for the last row of each call, the top_k best middle keys per head."""
 
     def __init__(self, cfg: ModelConfig, *, top_k: int, from_layer: int, n_global: int,
-                 n_local: int, max_chunk: int, dtype=torch.float32, device="cpu"):
+                 n_local: int, max_chunk: int, dtype=torch.float32, device="cpu",
+                 start_distances: str = "ceiling"):
         group = cfg.n_heads // cfg.n_kv_heads
         super().__init__(cfg, n_global=n_global, n_local=n_local, max_chunk=max_chunk,
-                         dtype=dtype, device=device, extra_slots=group * top_k)
+                         dtype=dtype, device=device, start_distances=start_distances,
+                         extra_slots=group * top_k)
         self.top_k, self.from_layer = top_k, from_layer
         # Every token's key turned back by n_local / 2, and value: (L, B, Hkv, capacity, hd),
         # doubling.
         self.every_key = torch.empty((cfg.n_layers, 1, cfg.n_kv_heads, 2 * max_chunk, cfg.head_dim),
                                      dtype=dtype, device=device)
         self.every_value = torch.empty_like(self.every_key)
-        self.cos_middle, self.sin_middle = self.turn_back(n_local // 2)
+        self.cos_middle, self.sin_middle = self.turn_back(torch.tensor([n_local // 2]))
 
     def begin(self, T: int) -> torch.Tensor:
         if self.n_seen + T > self.every_key.shape[3]:

@@ -83,6 +83,14 @@ def test_load_refuses_a_folder_that_is_not_a_path():
             "model_dir")
 
 
+def test_load_refuses_a_folder_that_is_not_there_or_a_file(folder, tmp_path):
+    refused(lambda: Engine.load(tmp_path / "nowhere"),
+            f"model_dir={str(tmp_path / 'nowhere')!r}: model folder not found", "model_dir")
+    refused(lambda: Engine.load(folder / "config.json"),
+            f"model_dir={str(folder / 'config.json')!r}: is a file; give the model's folder",
+            "model_dir")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_load_refuses_a_device_that_is_not_here(folder):
     refused(lambda: Engine.load(folder, device="cuda"),
@@ -118,6 +126,7 @@ SAMPLING = [
     (dict(chat="yes"), "chat='yes': must be True or False", "chat"),
     (dict(system="Be brief."), "system needs chat=True", "system"),
     (dict(system=3, chat=True), "system=3: must be a string", "system"),
+    (dict(chat=True), "chat=True: the model in", "chat"),  # the tiny model has no chat template
     (dict(stop=["a", 3]), "stop: item 1 is 3, not a string", "stop"),
     (dict(stop=5), "stop=5: must be a string or a list of strings", "stop"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")

@@ -93,8 +93,6 @@ def resolve_dtype(dtype: str, model_dir: str | Path, device: torch.device) -> st
     settings.choice("dtype", dtype, settings.DTYPES)
     if dtype != "auto":
         return dtype
-    if not Path(model_dir).is_dir():
-        return "float32"  # load_model says what is wrong with the folder
     return settings.auto_dtype(load_config(model_dir).torch_dtype, device)
 
 
@@ -167,6 +165,12 @@ class Engine:
         if not isinstance(model_dir, (str, os.PathLike)):
             raise UserError(f"model_dir={settings.shown(model_dir)}: must be a folder path "
                             f"(str or Path)", "model_dir")
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            raise UserError(f"model_dir={str(model_dir)!r}: " + (
+                "is a file; give the model's folder (with config.json)" if folder.is_file() else
+                "model folder not found; give a Hugging Face Llama folder (config.json, "
+                "*.safetensors, tokenizer)"), "model_dir")
         settings.choice("quantize", quantize, settings.QUANTIZE)
         dev = resolve_device(device)
         dtype = resolve_dtype(dtype, model_dir, dev)
@@ -306,11 +310,18 @@ class Engine:
         """The token ids of prompt, wrapped in the model's chat template with chat=True."""
         settings.string("prompt", prompt)
         settings.chat_and_system(chat, system)
+        self._check_chat_template(chat)
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + \
                        [{"role": "user", "content": prompt}]
             return self.tokenizer.encode(self.tokenizer.chat_prompt(messages), add_bos=False)
         return self.tokenizer.encode(prompt)
+
+    def _check_chat_template(self, chat: bool):
+        if chat and not self.tokenizer.has_chat_template:
+            raise UserError(f"chat=True: the model in {self.tokenizer.folder} has no chat template "
+                            f"(no chat_template.jinja or tokenizer_config.json chat_template); "
+                            f"drop chat=True", "chat")
 
     def generate(self, prompt: str, *, chat: bool = False, system: str | None = None,
                  stop: str | Iterable[str] = (), resume: bool = False,
@@ -327,6 +338,7 @@ class Engine:
         """
         settings.string("prompt", prompt)
         settings.chat_and_system(chat, system)
+        self._check_chat_template(chat)
         stops = settings.stop_strings(stop)
         options = settings.sampling(max_new_tokens, temperature, top_k, top_p, seed)
         options.update(ignore_eos=settings.boolean("ignore_eos", ignore_eos),

@@ -1,6 +1,6 @@
-"""README's performance tables, from the JSON lines bench/bench.py printed.
+"""docs/results.md's performance tables, from the JSON lines bench/bench.py printed.
 
-    python bench/perf_table.py bench/results/perf-*.jsonl
+    python bench/perf_table.py bench/results/perf-*.jsonl     # docs/results.md, "Performance"
 
 Reads the `"summary": true` lines (medians over a context's rounds) and the machine limit;
 prints the measured table, then the ratios the targets are stated in, each from one run.

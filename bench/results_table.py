@@ -1,9 +1,10 @@
-"""Markdown tables for README's length-generalisation results, from bench/results/*.json.
+"""Markdown tables for docs/results.md's length-generalisation results, from bench/results/*.json.
 
     python bench/results_table.py bench/results
 
-Reads what bench/length_runs.sh and bench/in_window.py wrote; prints the tables (a missing
-result prints as "not run"). Nothing is typed by hand.
+Reads what bench/length_runs.sh and bench/in_window.py wrote; prints the tables that
+docs/results.md ("Length generalisation, measured") holds (a missing result prints as
+"not run"). Nothing is typed by hand.
 """
 import json
 import math

@@ -1,4 +1,4 @@
-"""bench/perf_table.py: README's performance tables are computed from bench.py's lines."""
+"""bench/perf_table.py: docs/results.md's performance tables are computed from bench.py's lines."""
 import json
 import subprocess
 import sys

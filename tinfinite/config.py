@@ -4,6 +4,7 @@ Only what the weights fix lives here. Runtime choices (window, starting tokens, 
 device, chunk size) are passed where the cache and engine are set up.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tinfinite.errors import UserError
 # RoPE scaling types (DESIGN.md §1): the ones rope.py implements, and the ones it refuses.
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 KNOWN_ROPE = SUPPORTED_ROPE + ("dynamic", "yarn", "longrope", "su", "mrope", "proportional")
+MAX_SIZE = 2**31 - 1  # sizes and token ids: int32, as token-id arrays hold them
+MAX_LAYERS = 4096  # far above any Llama (405B: 126); keeps absurd counts from being built
+REQUIRED = object()  # a field without a default
 
 
 @dataclass
@@ -65,59 +69,134 @@ def load_config(folder: str | Path) -> ModelConfig:
                         f"Hugging Face Llama checkpoint")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); re-download the model folder")
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {e}); re-download the "
+                        f"model folder") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object; re-download the model folder")
     return config_from_dict(raw, path)
 
 
 def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig:
+    """A ModelConfig from config.json's object, every field it uses checked for type and range
+    (fields it does not use are ignored)."""
+    f = Fields(raw, path)
     model_type = raw.get("model_type")
     if model_type != "llama":
-        archs = raw.get("architectures") or []
-        raise UserError(f"{path}: model_type {model_type!r} ({', '.join(archs) or 'no architectures'}) "
+        archs = raw.get("architectures")
+        archs = ", ".join(a for a in archs if isinstance(a, str)) if isinstance(archs, list) else ""
+        raise UserError(f"{path}: model_type {as_json(model_type)} ({archs or 'no architectures'}) "
                         f"is not supported; tinfinite runs Llama checkpoints (model_type \"llama\")")
     for flag in ("attention_bias", "mlp_bias"):
-        if raw.get(flag):
+        if f.flag(flag, False):
             raise UserError(f"{path}: {flag}=true is not supported (Llama has no biases)")
-    if raw.get("hidden_act", "silu") != "silu":
+    if f.text("hidden_act", "silu") != "silu":
         raise UserError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported (Llama uses silu)")
 
     # Newer configs nest RoPE under "rope_parameters"; older ones use rope_theta/rope_scaling.
-    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
-    rope_type = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
-    theta = rope.pop("rope_theta", None) or raw.get("rope_theta", 10000.0)
+    rope = f.mapping("rope_parameters") if raw.get("rope_parameters") else f.mapping("rope_scaling")
+    rope_type = rope.text("rope_type", None) or rope.text("type", None) or "default"
+    theta = rope.number("rope_theta", None) or f.number("rope_theta", 10000.0)
     if rope_type not in SUPPORTED_ROPE:
         what = "is not supported" if rope_type in KNOWN_ROPE else "is unknown"
         raise UserError(f"{path}: RoPE scaling {rope_type!r} {what}; tinfinite supports "
                         f"{', '.join(SUPPORTED_ROPE)}")
-    factor = rope.get("factor")
-    if rope_type != "default" and not (isinstance(factor, (int, float)) and factor > 0):
-        raise UserError(f"{path}: RoPE scaling {rope_type!r} needs a positive \"factor\", "
-                        f"got {factor!r}; fix or re-download config.json")
-    rope_scaling = {"rope_type": rope_type, **rope} if rope_type != "default" else {}
+    rope_scaling = {}
+    if rope_type != "default":
+        rope_scaling = {"rope_type": rope_type, "factor": rope.number("factor")}
+    if rope_type == "llama3":  # rope.py's smooth ramp divides by high - low
+        low, high = rope.number("low_freq_factor", 1.0), rope.number("high_freq_factor", 4.0)
+        if not high > low:
+            raise UserError(f"{path}: {rope.prefix}high_freq_factor {high} must be larger than "
+                            f"low_freq_factor {low}; fix or re-download config.json")
+        rope_scaling.update(low_freq_factor=low, high_freq_factor=high,
+                            original_max_position_embeddings=rope.integer(
+                                "original_max_position_embeddings", 8192))
 
+    n_heads = f.integer("num_attention_heads")
     try:
         return ModelConfig(
-            vocab_size=int(raw["vocab_size"]),
-            dim=int(raw["hidden_size"]),
-            n_layers=int(raw["num_hidden_layers"]),
-            n_heads=int(raw["num_attention_heads"]),
-            n_kv_heads=int(raw["num_attention_heads"] if raw.get("num_key_value_heads") is None
-                           else raw["num_key_value_heads"]),
-            hidden_dim=int(raw["intermediate_size"]),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-            head_dim=int(raw.get("head_dim") or 0),
-            norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(theta),
+            vocab_size=f.integer("vocab_size"),
+            dim=f.integer("hidden_size"),
+            n_layers=f.integer("num_hidden_layers", most=MAX_LAYERS),
+            n_heads=n_heads,
+            n_kv_heads=f.integer("num_key_value_heads", n_heads),
+            hidden_dim=f.integer("intermediate_size"),
+            max_position_embeddings=f.integer("max_position_embeddings", 2048),
+            head_dim=f.integer("head_dim", 0),
+            norm_eps=f.number("rms_norm_eps", 1e-5),
+            rope_theta=theta,
             rope_scaling=rope_scaling,
-            tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            tie_embeddings=f.flag("tie_word_embeddings", False),
+            torch_dtype=f.text("torch_dtype", None) or f.text("dtype", None) or "float32",
         )
-    except KeyError as e:
-        raise UserError(f"{path}: missing field {e.args[0]!r}; is this a Llama config.json?")
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: bad value ({e}); fix or re-download config.json")
     except UserError as e:  # from __post_init__, which does not know the file
         raise UserError(f"{path}: {e}") from None
+
+
+def as_json(value) -> str:
+    """value as the file writes it, cut short: how a refusal quotes a field."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Fields:
+    """Typed reads from one JSON object of a model folder's file. A wrong type or a value out
+    of range is a UserError naming the file and the field; null reads as absent; fields not
+    read are ignored."""
+
+    def __init__(self, raw, path, prefix: str = ""):
+        self.raw, self.path, self.prefix = raw, path, prefix
+
+    def get(self, key: str, default, expected: str):
+        value = self.raw.get(key)
+        if value is None and default is REQUIRED:
+            raise UserError(f"{self.path}: {self.prefix}{key} is missing; expected {expected}")
+        return value
+
+    def refuse(self, key: str, expected: str):
+        raise UserError(f"{self.path}: {self.prefix}{key} is {as_json(self.raw[key])}; "
+                        f"expected {expected}")
+
+    def integer(self, key: str, default=REQUIRED, least: int = 1, most: int = MAX_SIZE):
+        expected = f"an integer from {least} to {most}"
+        value = self.get(key, default, expected)
+        if value is None:
+            return default
+        if type(value) is not int or not least <= value <= most:  # bool is an int in Python
+            self.refuse(key, expected)
+        return value
+
+    def number(self, key: str, default=REQUIRED) -> float:
+        """A finite number > 0."""
+        value = self.get(key, default, "a positive number")
+        if value is None:
+            return default
+        if type(value) not in (int, float) or not 0 < value < math.inf:
+            self.refuse(key, "a positive number")
+        return float(value)
+
+    def flag(self, key: str, default=REQUIRED) -> bool:
+        value = self.get(key, default, "true or false")
+        if value is None:
+            return default
+        if type(value) is not bool:
+            self.refuse(key, "true or false (not in quotes)")
+        return value
+
+    def text(self, key: str, default=REQUIRED) -> str:
+        value = self.get(key, default, "a string")
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.refuse(key, "a string")
+        return value
+
+    def mapping(self, key: str) -> "Fields":
+        """The nested object at key ({} when absent)."""
+        value = self.raw.get(key)
+        if value is not None and not isinstance(value, dict):
+            self.refuse(key, "an object or null")
+        return Fields(value or {}, self.path, f"{self.prefix}{key}.")

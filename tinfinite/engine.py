@@ -178,7 +178,7 @@ class Engine:
         model = load_model(model_dir, TORCH_DTYPES[dtype], dev)
         compute.apply()
         model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
-        tokenizer = Tokenizer.from_folder(model_dir)
+        tokenizer = Tokenizer.from_folder(model_dir, vocab_size=model.cfg.vocab_size)
         return cls(model, tokenizer, **options)
 
     @property

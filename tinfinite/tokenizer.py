@@ -16,30 +16,49 @@ import sentencepiece
 import tokenizers
 
 from tinfinite import chat_template
+from tinfinite.config import MAX_SIZE, Fields, as_json
 from tinfinite.errors import UserError
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for bytes that are not (yet) valid UTF-8
 
 
-def _read_json(path: Path) -> dict:
-    """The file's JSON object, or {} when the file is absent."""
+def _read_json(path: Path) -> Fields:
+    """The file's JSON object, for typed reads ({} when the file is absent)."""
     if not path.is_file():
-        return {}
+        return Fields({}, path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); fix or re-download it") from None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting
+        raise UserError(f"{path} is not valid JSON ({type(e).__name__}: {e}); fix or "
+                        f"re-download it") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object, not {as_json(raw)}; fix or "
+                        f"re-download it")
+    return Fields(raw, path)
 
 
-def _token_text(token) -> str | None:
+def _token_text(fields: Fields, key: str) -> str | None:
     """tokenizer_config.json writes special tokens as "<s>" or as {"content": "<s>", ...}."""
-    return token.get("content") if isinstance(token, dict) else token
+    token = fields.raw.get(key)
+    text = token.get("content") if isinstance(token, dict) else token
+    if text is not None and not isinstance(text, str):
+        fields.refuse(key, 'a token: "<s>", {"content": "<s>"} or null')
+    return text
 
 
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+def _token_ids(fields: Fields, key: str, vocab_size: int | None, many: bool) -> list[int]:
+    """A field holding a token id (or, if many, a list of ids) or null; ids below vocab_size."""
+    value = fields.raw.get(key)
+    ids = value if many and isinstance(value, list) else [] if value is None else [value]
+    most = MAX_SIZE if vocab_size is None else vocab_size - 1
+    for token_id in ids:
+        if type(token_id) is not int or not 0 <= token_id <= most:
+            within = f" below config.json's vocab_size {vocab_size}" if vocab_size else ""
+            fields.refuse(key, f"a token id (an integer >= 0{within})"
+                               f"{', a list of ids' if many else ''} or null")
+    return ids
 
 
 class _HFBackend:
@@ -50,7 +69,9 @@ class _HFBackend:
             self.tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception for bad files
             raise UserError(f"{path} cannot be read as a tokenizer ({e}); re-download it") from None
+        self.path = path
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.n_ids = max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     def encode(self, text: str) -> list[int]:
         # Special tokens written in the text (e.g. "<|im_start|>" from a chat template) are
@@ -81,7 +102,8 @@ class _SPBackend:
             self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         except (OSError, RuntimeError) as e:
             raise UserError(f"{path} cannot be read as a sentencepiece model ({e}); re-download it") from None
-        self.vocab_size = self.sp.get_piece_size()
+        self.path = path
+        self.vocab_size = self.n_ids = self.sp.get_piece_size()
         # sentencepiece would spell "<s>" in a chat prompt as '<', 's', '>': split the text on
         # the control pieces first, as Hugging Face's slow Llama tokenizer does.
         controls = [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
@@ -113,17 +135,24 @@ class _SPBackend:
         return self.sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
 
 
-def _chat_template(folder: Path, tok_config: dict) -> tuple[str | None, Path]:
+def _chat_template(folder: Path, tok_config: Fields) -> tuple[str | None, Path]:
     """The folder's chat template text (None if it has none) and the file it came from."""
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8"), jinja_file
-    template = tok_config.get("chat_template")
-    source = folder / "tokenizer_config.json"
+        try:
+            return jinja_file.read_text(encoding="utf-8"), jinja_file
+        except (UnicodeDecodeError, OSError) as e:
+            raise UserError(f"{jinja_file}: cannot read it as UTF-8 text ({e}); fix or "
+                            f"re-download it") from None
+    template = tok_config.raw.get("chat_template")
     if isinstance(template, list):  # several named templates: plain chat uses "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return (template if isinstance(template, str) else None), source
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                   and isinstance(t.get("template"), str) for t in template):
+            tok_config.refuse("chat_template", 'a list of {"name": ..., "template": ...}')
+        template = {t["name"]: t["template"] for t in template}.get("default")
+    elif template is not None and not isinstance(template, str):
+        tok_config.refuse("chat_template", "a string, a list of named templates, or null")
+    return template, tok_config.path
 
 
 class Tokenizer:
@@ -148,7 +177,9 @@ class Tokenizer:
         return self.chat_template is not None
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+    def from_folder(cls, folder: str | Path, vocab_size: int | None = None) -> "Tokenizer":
+        """The folder's tokenizer. vocab_size: the model's (config.json's), if known; every id
+        the tokenizer makes, and every special id the files name, must then lie below it."""
         folder = Path(folder)
         if (folder / "tokenizer.json").is_file():
             backend = _HFBackend(folder / "tokenizer.json")
@@ -157,36 +188,40 @@ class Tokenizer:
         else:
             raise UserError(f"{folder} has no tokenizer.json or tokenizer.model; "
                             "copy the model's tokenizer files into it")
+        if vocab_size is not None and backend.n_ids > vocab_size:
+            raise UserError(f"{backend.path}: has token ids up to {backend.n_ids - 1}, but "
+                            f"config.json's vocab_size is {vocab_size} (the model has no "
+                            f"embeddings past it); use the tokenizer that came with the model")
         tok_config = _read_json(folder / "tokenizer_config.json")
         config = _read_json(folder / "config.json")
         gen_config = _read_json(folder / "generation_config.json")
         is_sp = isinstance(backend, _SPBackend)
 
         # BOS: the named token of tokenizer_config.json, else the ids of the model configs.
-        bos_text = _token_text(tok_config.get("bos_token"))
+        bos_text = _token_text(tok_config, "bos_token")
         bos_id = backend.token_to_id(bos_text) if bos_text else None
-        for fallback in (config.get("bos_token_id"), gen_config.get("bos_token_id")):
-            if bos_id is None and isinstance(fallback, int):
-                bos_id = fallback
+        for fallback in (_token_ids(f, "bos_token_id", vocab_size, many=False)
+                         for f in (config, gen_config)):
+            if bos_id is None and fallback:
+                bos_id = fallback[0]
         if bos_id is None and is_sp and backend.sp.bos_id() >= 0:
             bos_id = backend.sp.bos_id()
 
         # EOS: every id any file names, since chat models often end turns on a second token
         # (e.g. <|eot_id|> besides <|end_of_text|>) listed only in generation_config.json.
-        eos_ids = _as_list(gen_config.get("eos_token_id")) + _as_list(config.get("eos_token_id"))
-        eos_text = _token_text(tok_config.get("eos_token"))
+        eos_ids = [*_token_ids(gen_config, "eos_token_id", vocab_size, many=True),
+                   *_token_ids(config, "eos_token_id", vocab_size, many=True)]
+        eos_text = _token_text(tok_config, "eos_token")
         if eos_text and backend.token_to_id(eos_text) is not None:
             eos_ids.append(backend.token_to_id(eos_text))
         if not eos_ids and is_sp and backend.sp.eos_id() >= 0:
             eos_ids.append(backend.sp.eos_id())
-        eos_ids = list(dict.fromkeys(i for i in eos_ids if isinstance(i, int)))
+        eos_ids = list(dict.fromkeys(eos_ids))
 
-        if "add_bos_token" in tok_config:
-            add_bos = bool(tok_config["add_bos_token"])
-        elif is_sp:
-            add_bos = True  # what sentencepiece Llamas were trained with
-        else:
-            add_bos = bos_id is not None and backend.post_processor_adds(bos_id)
+        add_bos = tok_config.flag("add_bos_token", None)
+        if add_bos is None:
+            # sentencepiece Llamas were trained with BOS; a tokenizer.json says it by adding it
+            add_bos = is_sp or (bos_id is not None and backend.post_processor_adds(bos_id))
         add_bos = add_bos and bos_id is not None
 
         template, source = _chat_template(folder, tok_config)

@@ -30,7 +30,8 @@ EXAMPLES = """examples:
 
 def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--model", help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct, "
-                                   "fetched into weights/ on first use)")
+                                   "fetched on first use into a checkout's weights/, else "
+                                   "~/.cache/tinfinite, or $TINFINITE_WEIGHTS)")
     p.add_argument("--dtype", default=settings.DTYPE,
                    help=f"{', '.join(settings.DTYPES)}. auto (default): the checkpoint's own "
                         f"dtype (config.json's torch_dtype) where the device computes in it "

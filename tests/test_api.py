@@ -60,6 +60,8 @@ def refused(call, message: str, param: str):
     (dict(attention="full", n_local=8), "attention='full' sees every token: it takes no n_local",
      "attention"),
     (dict(attention="full", top_k_middle=2), "attention='full' sees every token", "attention"),
+    (dict(start_distances="far"), "start_distances='far': choose one of ceiling, spread",
+     "start_distances"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_engine_refuses_a_bad_setting_naming_it(llm, options, message, param):
     refused(lambda: Engine(llm.model, llm.tokenizer, **options), message, param)
@@ -229,10 +231,23 @@ def test_cli_defaults_are_the_api_defaults(argv):
     # passkey's --seed picks its questions (default 0), not a generation's sampling
     shared = [name for name in a if name in api and (name, argv[0]) != ("seed", "passkey")]
     assert {"dtype", "device", "quantize", "attention", "n_local", "n_global", "chunk_size",
-            "top_k_middle", "top_k_from_layer"} <= set(shared)
+            "top_k_middle", "top_k_from_layer", "start_distances"} <= set(shared)
     for name in shared:
         assert list(a[name]) == list(api[name]) if name == "stop" else a[name] == api[name], name
         assert name in cli.PARAMS, name  # its errors are said with its flag
+
+
+def test_start_distances_reach_the_cache(llm):
+    """The engine hands start_distances to its cache: past the window "spread" scores
+    differently from the paper's ceiling; inside it both are vanilla attention."""
+    ids = llm.tokenizer.encode(" ".join(PROMPTS * 4))
+    assert len(ids) > 2 * 24
+    ppl = {d: Engine(llm.model, llm.tokenizer, n_local=24, n_global=4, chunk_size=8,
+                     start_distances=d).perplexity(ids).ppl for d in settings.START_DISTANCES}
+    assert ppl["ceiling"] != ppl["spread"]
+    short = {d: Engine(llm.model, llm.tokenizer, n_local=24, n_global=4, chunk_size=8,
+                       start_distances=d).perplexity(ids[:24]).ppl for d in settings.START_DISTANCES}
+    assert short["ceiling"] == short["spread"]
 
 
 def test_defaults_are_the_settings():

@@ -34,8 +34,6 @@ from tinfinite.threads import ThreadChoice
 from tinfinite.tokenizer import StreamDecoder, Tokenizer
 from tinfinite.topk import TopKCache
 
-# Defaults and the rules every argument is checked with: settings.py.
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -103,9 +101,11 @@ class Engine:
     (sliding window, no starting tokens). n_local: the window (default: the model's
     max_position_embeddings); n_global: starting tokens (lambda only, default 64);
     chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
-    (memory grows with the input). Defaults: settings.py. A bad argument, here or in any
-    call, raises UserError with a one-line message naming the parameter; so does a run that
-    would not fit in memory, before it allocates (memory.py).
+    (memory grows with the input); start_distances: "ceiling" (the paper) or "spread", where
+    a query sees the starting tokens beyond its window (cache.START_DISTANCES).
+    Defaults: settings.py. A bad argument, here or in any call, raises UserError with a
+    one-line message naming the parameter; so does a run that would not fit in memory, before
+    it allocates (memory.py).
 
     Safe to share between threads: calls take turns. A call holds the engine until it
     returns; a generator (generate, generate_ids, token_nlls) from its first next() until
@@ -119,8 +119,10 @@ class Engine:
                  n_local: int | None = settings.N_LOCAL, attention: str = settings.ATTENTION,
                  chunk_size: int = settings.CHUNK_SIZE,
                  top_k_middle: int = settings.TOP_K_MIDDLE,
-                 top_k_from_layer: int = settings.TOP_K_FROM_LAYER):
+                 top_k_from_layer: int = settings.TOP_K_FROM_LAYER,
+                 start_distances: str = settings.START_DISTANCE):
         settings.choice("attention", attention, settings.ATTENTIONS)
+        settings.choice("start_distances", start_distances, settings.START_DISTANCES)
         n_global = settings.integer("n_global", n_global, 0, none_ok=True)
         n_local = settings.integer("n_local", n_local, 1, none_ok=True)
         chunk_size = settings.integer("chunk_size", chunk_size, 1)
@@ -139,8 +141,9 @@ class Engine:
         self.n_global = (settings.N_GLOBAL if n_global is None else n_global) \
             if attention == "lambda" else 0
         self.chunk_size = chunk_size
-        # Opt-in retrieval variant (DESIGN.md §2): keeps every token's key and value.
+        # Opt-in retrieval variant (docs/design.md §2): keeps every token's key and value.
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
+        self.start_distances = start_distances
         self.stats = Stats()
         self._cache: LambdaCache | None = None
         self._unfed: int | None = None  # the last generated token, if it is not in the cache
@@ -153,7 +156,7 @@ class Engine:
              device: str = settings.DEVICE, quantize: str | None = None,
              threads: int | None = settings.THREADS, **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
-        top_k_middle, top_k_from_layer (see Engine).
+        top_k_middle, top_k_from_layer, start_distances (see Engine).
 
         dtype: "auto" (default) is the checkpoint's own dtype (config.json's torch_dtype)
         where the device computes in it natively, else float32: bfloat16 on a CPU with
@@ -175,7 +178,7 @@ class Engine:
         dev = resolve_device(device)
         dtype = resolve_dtype(dtype, model_dir, dev)
         compute = ThreadChoice(threads)  # auto: watches the machine's load while we load
-        model = load_model(model_dir, TORCH_DTYPES[dtype], dev)
+        model = load_model(model_dir, settings.TORCH_DTYPES[dtype], dev)
         compute.apply()
         model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
         tokenizer = Tokenizer.from_folder(model_dir, vocab_size=model.cfg.vocab_size)
@@ -195,7 +198,8 @@ class Engine:
             if self.attention == "full":
                 self._cache = FullCache(cfg, **where)
                 return self._cache
-            window = dict(n_global=self.n_global, n_local=self.n_local, **where)
+            window = dict(n_global=self.n_global, n_local=self.n_local,
+                          start_distances=self.start_distances, **where)
             self._cache = TopKCache(cfg, top_k=self.top_k_middle, from_layer=self.top_k_from_layer,
                                     **window) if self.top_k_middle else LambdaCache(cfg, **window)
         return self._cache

@@ -34,11 +34,16 @@ CHUNK_SIZE = 256
 # layer (from 0) up.
 TOP_K_MIDDLE = 0
 TOP_K_FROM_LAYER = 4
+# Where a query sees the starting tokens beyond its window (cache.START_DISTANCES): the
+# paper's ceiling until a measurement says otherwise (docs/decisions.md).
+START_DISTANCES = ("ceiling", "spread")
+START_DISTANCE = "ceiling"
 
 # --- where and how it runs (Engine.load) ---------------------------------------------------
 
 # auto: the checkpoint's own dtype where the device runs it natively, else float32 (auto_dtype).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE = "auto"
 DEVICES = ("cpu", "cuda", "mps")
 DEVICE = "cpu"

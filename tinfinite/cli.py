@@ -58,6 +58,11 @@ def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--top-k-from-layer", type=int, default=settings.TOP_K_FROM_LAYER,
                    help=f"first layer (from 0) that uses --top-k-middle "
                         f"({settings.TOP_K_FROM_LAYER})")
+    p.add_argument("--start-distances", default=settings.START_DISTANCE,
+                   choices=settings.START_DISTANCES,
+                   help="where a query sees the starting tokens beyond its window: ceiling "
+                        "(default, the paper: all at distance --n-local) or spread (token g at "
+                        "n_local - 1 - g, inside the trained range)")
     p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
                    help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
     p.add_argument("--threads", type=int, metavar="N",
@@ -162,7 +167,8 @@ def load_engine(a):
     return Engine.load(model, dtype=a.dtype, device=a.device, quantize=a.quantize,
                        n_global=a.n_global, n_local=a.n_local, attention=a.attention,
                        chunk_size=a.chunk_size, top_k_middle=a.top_k_middle,
-                       top_k_from_layer=a.top_k_from_layer, threads=a.threads)
+                       top_k_from_layer=a.top_k_from_layer, threads=a.threads,
+                       start_distances=a.start_distances)
 
 
 def run_generate(a):
@@ -220,7 +226,8 @@ def run_perplexity(a):
     total = buckets.total
     result = {"tokens": total.tokens, "nll": total.nll, "ppl": total.ppl,
               "attention": a.attention, "n_local": engine.n_local, "n_global": engine.n_global,
-              "top_k_middle": engine.top_k_middle, "dtype": engine.dtype,
+              "top_k_middle": engine.top_k_middle,
+              "start_distances": engine.start_distances, "dtype": engine.dtype,
               "seconds": round(seconds, 2), "tokens_per_second": round(total.tokens / seconds, 1),
               "peak_rss_mb": round(peak_rss_mb(), 1),
               "buckets": [b.as_dict() for b in buckets.all()]}
@@ -257,6 +264,7 @@ def run_passkey(a):
     if a.json:
         print(json.dumps({"attention": a.attention, "n_local": engine.n_local,
                           "n_global": engine.n_global, "top_k_middle": engine.top_k_middle,
+                          "start_distances": engine.start_distances,
                           "truncate": a.truncate, "dtype": engine.dtype, "seed": a.seed,
                           **summary, "trials": results}))
     else:
@@ -299,7 +307,8 @@ def peak_rss_mb() -> float:
 # The API parameters that flags set (UserError.param names one), and the flag of each where it
 # is not "--" + the name with "-" for "_".
 PARAMS = ("model_dir", "dtype", "device", "quantize", "threads", "attention", "n_local",
-          "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "prompt", "chat",
+          "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "start_distances",
+          "prompt", "chat",
           "system", "stop", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
           "ignore_eos")
 FLAGS = {"model_dir": "--model", "prompt": "--prompt-text"}

@@ -248,7 +248,7 @@ BAD_CHAT = [  # (body, status, param, words in the message)
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -0.5},
      400, "temperature", "out of range [0, 2]"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400,
-     "top_p", "out of range"),
+     "top_p", "top_p: 0 is out of range (0, 1]"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 1.5}, 400,
      "seed", "expected an integer"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n",

@@ -55,16 +55,18 @@ def error_response(message: str, param=None, status=400, code=None) -> JSONRespo
                                    "param": param, "code": code}}, status_code=status)
 
 
-def number(body: dict, name: str, default, lo, hi, integer=False):
-    """body[name] checked to be a number (an integer) in [lo, hi]; default if absent or null."""
+def number(body: dict, name: str, default, lo, hi, integer=False, above=False):
+    """body[name] checked to be a number (an integer) in [lo, hi], or (lo, hi] if above;
+    default if absent or null."""
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise BadRequest(f"{name}: expected {'an integer' if integer else 'a number'}, got "
                          f"{json.dumps(value)[:40]}", name)
-    if not lo <= value <= hi:  # NaN fails too
-        raise BadRequest(f"{name}: {value} is out of range [{lo}, {hi}]", name)
+    if not (lo < value if above else lo <= value) or not value <= hi:  # NaN fails too
+        raise BadRequest(f"{name}: {value} is out of range {'(' if above else '['}{lo}, {hi}]",
+                         name)
     return value
 
 
@@ -106,7 +108,7 @@ def parse(body: dict, kind: str, model_name: str, tokenizer) -> tuple[list[int],
     options = dict(
         max_new_tokens=number(body, cap, settings.MAX_NEW_TOKENS, 1, MAX_TOKENS, integer=True),
         temperature=number(body, "temperature", TEMPERATURE, 0, 2),
-        top_p=number(body, "top_p", 1.0, 1e-9, 1),
+        top_p=number(body, "top_p", 1.0, 0, 1, above=True),
         top_k=number(body, "top_k", 0, 0, 1 << 31, integer=True),
         seed=number(body, "seed", None, -2**63, 2**64 - 1, integer=True),
         ignore_eos=body.get("ignore_eos", False), stop=[s for s in stop if s],

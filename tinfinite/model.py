@@ -80,7 +80,10 @@ class Llama(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # Given an empty table, nn.Embedding skips its random init (the checkpoint fills it;
+        # normal_ on the meta device would import sympy: +73 MB resident for good).
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.dim))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Tied embeddings (no lm_head in the checkpoint): the head reads the embedding matrix.

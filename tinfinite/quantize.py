@@ -18,19 +18,22 @@ from torch import nn
 from tinfinite.errors import UserError
 
 GEMM_ROWS = 32
-QUANTIZE_ROWS = 4096  # rows quantised at a time (the LM head has 49152)
+QUANTIZE_ELEMENTS = 1 << 22  # quantised at a time, in whole rows: a 16 MB float32 block
 
 
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         w = weight.detach()                                            # (out, in)
-        # per output row, in bfloat16 as the kernel reads it
-        scale = (w.abs().amax(dim=1).float().clamp(min=1e-12) / 127).to(torch.bfloat16)
         q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-        for a in range(0, len(w), QUANTIZE_ROWS):  # in blocks: no float copy of a whole matrix
-            rows = w[a:a + QUANTIZE_ROWS].float() / scale[a:a + QUANTIZE_ROWS].float()[:, None]
-            q[a:a + QUANTIZE_ROWS] = rows.round_().clamp_(-127, 127)
+        scale = torch.empty(len(w), dtype=torch.bfloat16, device=w.device)
+        step = max(1, QUANTIZE_ELEMENTS // w.shape[1])
+        for a in range(0, len(w), step):  # in blocks: no other copy of a whole matrix, ever
+            rows = w[a:a + step].to(torch.float32, copy=True)  # divided in place below
+            # per output row, in bfloat16 as the kernel reads it
+            scale[a:a + step] = (torch.linalg.vector_norm(rows, float("inf"), dim=1)
+                                 .clamp_(min=1e-12) / 127).to(torch.bfloat16)
+            q[a:a + step] = rows.div_(scale[a:a + step].float()[:, None]).round_().clamp_(-127, 127)
         self.register_buffer("weight", q)                              # (out, in)
         self.register_buffer("scale", scale)                           # (out,)
 

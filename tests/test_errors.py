@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinfinite import cli as main
-from tests.tiny import tiny_llama
+from tests.tiny import make_tiny_model, tiny_llama
 from tinfinite.errors import UserError
 
 
@@ -172,6 +172,118 @@ def test_shard_listed_in_index_is_missing(capsys, model):
     (model / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}))
     fails(capsys, gen(model), model / "model-00002-of-00002.safetensors", "not found")
+
+
+# --- every field read from the model folder's JSON: type and range ---------------------------
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("hidden_size", "576", "an integer"),
+    ("num_hidden_layers", 2.5, "an integer"),
+    ("num_hidden_layers", True, "an integer"),  # bool is an int in Python, not in JSON
+    ("num_hidden_layers", 10**6, "to 4096"),
+    ("vocab_size", 10**30, "an integer"),
+    ("max_position_embeddings", 10**30, "an integer"),
+    ("max_position_embeddings", -1, "an integer"),
+    ("head_dim", "16", "an integer"),
+    ("head_dim", 0, "an integer"),
+    ("num_key_value_heads", [2], "an integer"),
+    ("tie_word_embeddings", "false", "true or false"),
+    ("attention_bias", "no", "true or false"),
+    ("rms_norm_eps", 0, "a positive number"),
+    ("rms_norm_eps", -1e-5, "a positive number"),
+    ("rms_norm_eps", NAN, "a positive number"),
+    ("rms_norm_eps", INF, "a positive number"),
+    ("rope_theta", "1e4", "a positive number"),
+    ("rope_scaling", "linear", "an object"),
+    ("rope_scaling", [{"rope_type": "linear"}], "an object"),
+    ("rope_scaling", {"rope_type": 3}, "rope_scaling.rope_type"),
+    ("rope_scaling", {"rope_type": "linear", "factor": 0}, "rope_scaling.factor"),
+    ("rope_scaling", {"rope_type": "linear", "factor": -2.0}, "rope_scaling.factor"),
+    ("rope_scaling", {"rope_type": "linear", "factor": INF}, "rope_scaling.factor"),
+    ("rope_scaling", {"rope_type": "linear", "factor": NAN}, "rope_scaling.factor"),
+    ("rope_scaling", {"rope_type": "linear", "factor": "2"}, "rope_scaling.factor"),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                      "high_freq_factor": 4.0}, "high_freq_factor"),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0,
+                      "original_max_position_embeddings": 8192.5}, "original_max_position"),
+    ("rope_parameters", {"rope_type": "default", "rope_theta": -1}, "rope_parameters.rope_theta"),
+    ("torch_dtype", 16, "a string"),
+    ("model_type", ["llama"], "not supported"),
+    ("architectures", "LlamaForCausalLM", "model_type"),  # with model_type missing: no crash
+])
+def test_config_field_of_wrong_type_or_range(capsys, model, field, value, expected):
+    edit_config(model, **{field: value})
+    if field == "architectures":
+        edit_config(model, model_type=None)
+    err = fails(capsys, gen(model), model / "config.json", expected)
+    assert field in err or field == "architectures"
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 2**31 - 1), ("hidden_size", 2**30),
+                                          ("intermediate_size", 2**31 - 1),
+                                          ("num_hidden_layers", 4096)])
+def test_extreme_sizes_are_refused_before_allocating(capsys, model, field, value):
+    """The sizes are valid numbers, but the tensors say otherwise: refused from the headers,
+    before the model is built (a 2^31 x 64 embedding would be 512 GiB)."""
+    edit_config(model, **{field: value})
+    fails(capsys, gen(model), "config.json")
+
+
+@pytest.mark.parametrize("file, fields, expected", [
+    ("generation_config.json", {"eos_token_id": "1"}, "eos_token_id"),
+    ("generation_config.json", {"eos_token_id": [1, 2.0]}, "eos_token_id"),
+    ("generation_config.json", {"eos_token_id": 10**6}, "below config.json's vocab_size"),
+    ("generation_config.json", {"bos_token_id": -1}, "bos_token_id"),
+    ("generation_config.json", {"bos_token_id": [0]}, "bos_token_id"),
+    ("generation_config.json", [1, 2], "a JSON object"),
+    ("config.json", {"bos_token_id": True}, "bos_token_id"),
+    ("config.json", {"eos_token_id": 500}, "below config.json's vocab_size"),
+    ("tokenizer_config.json", {"add_bos_token": "true"}, "add_bos_token"),
+    ("tokenizer_config.json", {"bos_token": 5}, "bos_token"),
+    ("tokenizer_config.json", {"eos_token": {"content": ["</s>"]}}, "eos_token"),
+    ("tokenizer_config.json", {"chat_template": 5}, "chat_template"),
+    ("tokenizer_config.json", {"chat_template": [{"name": "default"}]}, "chat_template"),
+    ("tokenizer_config.json", "{}", "a JSON object"),
+])
+def test_tokenizer_field_of_wrong_type_or_range(capsys, model, file, fields, expected):
+    path = model / file
+    if isinstance(fields, dict):
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**old, **fields}))
+    else:
+        path.write_text(json.dumps(fields))
+    fails(capsys, gen(model), path, expected)
+
+
+def test_tokenizer_larger_than_the_vocabulary(capsys, model):
+    tokens = json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
+    make_tiny_model(model, vocab_size=len(tokens) - 10, bos_token_id=0, eos_token_id=1)
+    fails(capsys, gen(model), model / "tokenizer.json", f"ids up to {len(tokens) - 1}",
+          f"vocab_size is {len(tokens) - 10}")
+
+
+@pytest.mark.parametrize("index, expected", [
+    ([], "a JSON object"),
+    ({"weight_map": ["model.safetensors"]}, "weight_map"),
+    ({"weight_map": {"model.norm.weight": 3}}, "3"),
+    ({"weight_map": {"model.norm.weight": "../model.safetensors"}}, "a file name"),
+], ids=["list", "map-is-list", "value-not-string", "path"])
+def test_bad_safetensors_index(capsys, model, index, expected):
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    fails(capsys, gen(model), model / "model.safetensors.index.json", expected)
+
+
+def test_tensor_in_a_shard_the_index_does_not_name_for_it(capsys, model):
+    weight_map = {name: "model.safetensors" for name in load_file(model / "model.safetensors")}
+    del weight_map["model.norm.weight"]
+    weight_map["model.norm.weight"] = "other.safetensors"
+    save_file({"model.norm.weight": torch.ones(64)}, str(model / "other.safetensors"))
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    fails(capsys, gen(model), model / "model.safetensors", "model.norm.weight",
+          "model.safetensors.index.json", "another file")
 
 
 def test_missing_tokenizer(capsys, model):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tinfinite.config import ModelConfig, load_config
+from tinfinite.config import ModelConfig, as_json, load_config
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
 
@@ -54,25 +54,25 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
         raise UserError(f"{folder}: model folder not found; pass --model DIR with a Hugging Face "
                         f"Llama folder (config.json, *.safetensors, tokenizer)")
     cfg = load_config(folder)
-    files = safetensors_files(folder)
+    want = checkpoint_layout(cfg)
+    # Every header is checked against config.json before anything is allocated, so a config
+    # whose sizes the tensors do not have (a 2^31-token vocabulary, say) is refused, not built.
+    files = {file: _check_file(file, names, cfg, want)
+             for file, names in safetensors_files(folder).items()}
+    missing = sorted(set(want).difference(*files.values()))
+    if missing:
+        raise UserError(f"{folder}: tensor {missing[0]} is missing"
+                        f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                        f"the checkpoint does not match its config.json")
 
     with torch.device("meta"):
         model = Llama(cfg)
     model = model.to_empty(device=device).to(dtype)
     params = dict(model.named_parameters())
-    want = checkpoint_layout(cfg)
-
-    seen = set()
     for file, names in files.items():
-        for name, tensor in _read(file, names, cfg, want):
+        for name, tensor in _read(file, names):
             param, first, shape = want[name]
             params[param].data[first:first + shape[0]].copy_(tensor)
-            seen.add(name)
-    missing = sorted(set(want) - seen)
-    if missing:
-        raise UserError(f"{folder}: tensor {missing[0]} is missing"
-                        f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
-                        f"the checkpoint does not match its config.json")
     return model.eval()
 
 
@@ -81,14 +81,21 @@ def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
     index = folder / INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{index}: not a valid safetensors index ({e}); re-download it")
+            raw = json.loads(index.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise UserError(f"{index}: not valid JSON ({type(e).__name__}: {e}); "
+                            f"re-download it") from None
+        except OSError as e:
+            raise UserError(f"{index}: cannot read ({e.strerror})") from None
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: expected a JSON object with a \"weight_map\" object "
+                            f"(tensor name -> file name); re-download it")
         files: dict[Path, list[str]] = {}
-        for name, file in weight_map.items():
+        for name, file in weight_map.items():  # JSON keys are strings
             if not isinstance(file, str) or Path(file).name != file:
-                raise UserError(f"{index}: {file!r} is not a file name in the model folder; "
-                                f"re-download the model")
+                raise UserError(f"{index}: {as_json(file)} is not a file name in the model "
+                                f"folder; re-download the model")
             files.setdefault(folder / file, []).append(name)
         for f in files:
             if not f.is_file():
@@ -103,8 +110,9 @@ def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
     raise UserError(f"{folder}: no model.safetensors or {INDEX}; the model folder is incomplete")
 
 
-def _read(file: Path, names, cfg: ModelConfig, want: dict):
-    """Yield (name, tensor) from one safetensors file, checking names, shapes and dtypes."""
+def _check_file(file: Path, names, cfg: ModelConfig, want: dict) -> list[str]:
+    """The tensor names of one safetensors file, after checking its header: every name is
+    one the model has (and the index assigns to this file), with its shape and a dtype."""
     try:
         with safe_open(file, framework="pt", device="cpu") as f:
             keys = list(f.keys())
@@ -116,6 +124,9 @@ def _read(file: Path, names, cfg: ModelConfig, want: dict):
                     raise UserError(f"{file}: unexpected tensor {name}; not part of a Llama "
                                     f"with this config.json (tie_word_embeddings="
                                     f"{str(cfg.tie_embeddings).lower()})")
+                if names is not None and name not in names:
+                    raise UserError(f"{file}: holds tensor {name}, which {INDEX} assigns to "
+                                    f"another file; re-download the model")
                 sl = f.get_slice(name)
                 shape, expected = list(sl.get_shape()), list(want[name][2])
                 if shape != expected:
@@ -124,16 +135,24 @@ def _read(file: Path, names, cfg: ModelConfig, want: dict):
                 if sl.get_dtype() not in DTYPES:
                     raise UserError(f"{file}: tensor {name} has dtype {sl.get_dtype()}; supported: "
                                     f"float32, bfloat16, float16")
-            # Validated: now read each tensor's bytes with plain file reads. f.get_tensor would
-            # map the whole file into memory, and the mapped pages count as resident: the
-            # peak would be file + weights (1068 MB for the default model in bfloat16; 540 MB
-            # of it the float32 file). Reading tensor by tensor peaks at weights + one tensor.
-            yield from _read_tensors(file, keys)
+            return keys
     except SafetensorError as e:  # what safetensors raises for any malformed file
         if _looks_pickled(file):
             raise UserError(f"{file}: is a pickle / torch.save file, not safetensors; refused, "
                             f"since unpickling can run code (convert it to safetensors)") from None
         raise UserError(f"{file}: not a valid safetensors file ({e}); re-download it") from None
+    except OSError as e:
+        raise UserError(f"{file}: cannot read ({e})") from None
+
+
+def _read(file: Path, keys: list[str]):
+    """Yield (name, tensor) for the checked tensors `keys` of one safetensors file."""
+    try:
+        # Plain file reads. f.get_tensor would map the whole file into memory, and the mapped
+        # pages count as resident: the peak would be file + weights (1068 MB for the default
+        # model in bfloat16; 540 MB of it the float32 file). Reading tensor by tensor peaks
+        # at weights + one tensor.
+        yield from _read_tensors(file, keys)
     except OSError as e:
         raise UserError(f"{file}: cannot read ({e})") from None
 

@@ -116,22 +116,23 @@ def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig
                                 "original_max_position_embeddings", 8192))
 
     n_heads = f.integer("num_attention_heads")
+    fields = dict(
+        vocab_size=f.integer("vocab_size"),
+        dim=f.integer("hidden_size"),
+        n_layers=f.integer("num_hidden_layers", most=MAX_LAYERS),
+        n_heads=n_heads,
+        n_kv_heads=f.integer("num_key_value_heads", n_heads),
+        hidden_dim=f.integer("intermediate_size"),
+        max_position_embeddings=f.integer("max_position_embeddings", 2048),
+        head_dim=f.integer("head_dim", 0),
+        norm_eps=f.number("rms_norm_eps", 1e-5),
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        tie_embeddings=f.flag("tie_word_embeddings", False),
+        torch_dtype=f.text("torch_dtype", None) or f.text("dtype", None) or "float32",
+    )
     try:
-        return ModelConfig(
-            vocab_size=f.integer("vocab_size"),
-            dim=f.integer("hidden_size"),
-            n_layers=f.integer("num_hidden_layers", most=MAX_LAYERS),
-            n_heads=n_heads,
-            n_kv_heads=f.integer("num_key_value_heads", n_heads),
-            hidden_dim=f.integer("intermediate_size"),
-            max_position_embeddings=f.integer("max_position_embeddings", 2048),
-            head_dim=f.integer("head_dim", 0),
-            norm_eps=f.number("rms_norm_eps", 1e-5),
-            rope_theta=theta,
-            rope_scaling=rope_scaling,
-            tie_embeddings=f.flag("tie_word_embeddings", False),
-            torch_dtype=f.text("torch_dtype", None) or f.text("dtype", None) or "float32",
-        )
+        return ModelConfig(**fields)
     except UserError as e:  # from __post_init__, which does not know the file
         raise UserError(f"{path}: {e}") from None
 

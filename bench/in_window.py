@@ -5,7 +5,7 @@ training length, but with less context on average: window / 2).
     python bench/in_window.py FILE --max-tokens 65536 --window 8192 --bucket 2048 > out.json
 
 Prints one JSON object shaped like `main.py perplexity --json`, so bench/plot_length.py
-and the README table read it the same way.
+and the docs/results.md table read it the same way.
 """
 import argparse
 import json

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The measurements behind README's "Length generalisation" results (issue 3), in order of
+# The measurements behind docs/results.md's "Length generalisation" results (issue 3), in order of
 # importance. Each writes one JSON file into bench/results/ and is skipped when that file
 # exists, so a stopped run resumes. ~2 hours on a 2-core CPU. Lambda runs pin --n-global 10,
 # the default when they were made (the n-global sweep below made the default 64). Usage:
 #   bench/length_runs.sh path/to/texts        (the folder holding les_miserables.txt etc.)
 set -u
-TEXTS=${1:?give the folder of long texts, e.g. ../shared/data/texts}
+TEXTS=${1:?give the folder of long texts, e.g. a folder of Project Gutenberg books}
 OUT=$(dirname "$0")/results
 BOOK="$TEXTS/les_miserables.txt"
 COMMON="--dtype bfloat16"

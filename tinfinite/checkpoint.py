@@ -2,14 +2,16 @@
 
 Strict: every tensor the model needs must be there with its exact shape, and nothing else.
 Only safetensors are read; a model folder is untrusted input, so pickle is never touched.
-Weights go one tensor at a time from the file to their final dtype and device, so loading
-peaks near the model's final size.
+Weights go from the file straight into the model's own tensors, at their final dtype and
+device, so loading peaks at the model's final size: no tensor is ever held twice.
 """
+import functools
 import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from tinfinite.config import ModelConfig, as_json, load_config
 from tinfinite.errors import UserError
@@ -17,6 +19,9 @@ from tinfinite.model import Llama
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 INDEX = "model.safetensors.index.json"
+# A tensor that needs converting (another dtype or device) is read in blocks of rows of at
+# most this many bytes: the only buffer loading needs.
+BLOCK_BYTES = 32 * 2**20
 
 
 # Checkpoint tensors that the model fuses into one matrix: (fused module, its position in it).
@@ -67,13 +72,24 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
 
     with torch.device("meta"):
         model = Llama(cfg)
-    model = model.to_empty(device=device).to(dtype)
+    model = _allocate(model, dtype, device)
     params = dict(model.named_parameters())
     for file, names in files.items():
-        for name, tensor in _read(file, names):
+        for name, fill in _read(file, names):
             param, first, shape = want[name]
-            params[param].data[first:first + shape[0]].copy_(tensor)
+            fill(params[param].data[first:first + shape[0]])  # its rows of a fused matrix
     return model.eval()
+
+
+def _allocate(model: nn.Module, dtype: torch.dtype, device) -> nn.Module:
+    """model.to(dtype).to_empty(device=device), by hand: each weight reserved once, at its
+    final dtype, and not written (its pages become resident as the checkpoint fills them).
+    to_empty itself would import sympy (empty_like of a meta tensor): +34 MB resident."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
+                                               requires_grad=p.requires_grad))
+    return model
 
 
 def safetensors_files(folder: Path) -> dict[Path, list[str] | None]:
@@ -146,19 +162,21 @@ def _check_file(file: Path, names, cfg: ModelConfig, want: dict) -> list[str]:
 
 
 def _read(file: Path, keys: list[str]):
-    """Yield (name, tensor) for the checked tensors `keys` of one safetensors file."""
+    """Yield (name, fill) for the checked tensors `keys` of one safetensors file; fill(dest)
+    reads the tensor into dest."""
     try:
-        # Plain file reads. f.get_tensor would map the whole file into memory, and the mapped
-        # pages count as resident: the peak would be file + weights (1068 MB for the default
-        # model in bfloat16; 540 MB of it the float32 file). Reading tensor by tensor peaks
-        # at weights + one tensor.
+        # Plain file reads, into the model's own tensor. f.get_tensor would map the whole
+        # file into memory, and the mapped pages count as resident: the peak would be file +
+        # weights. A copy of each tensor on its way would add the largest one (the
+        # embedding: 0.4 GB for an 8B model).
         yield from _read_tensors(file, keys)
     except OSError as e:
         raise UserError(f"{file}: cannot read ({e})") from None
 
 
 def _read_tensors(file: Path, keys: list[str]):
-    """(name, tensor) for keys, read from the file's data section (header already checked).
+    """(name, fill) for keys; fill(dest) reads the tensor from the file's data section into
+    dest, a tensor of its shape (header already checked).
 
     The format: 8 bytes little-endian header length, a JSON header {name: {dtype, shape,
     data_offsets: [begin, end]}}, then the data, offsets relative to its start."""
@@ -167,13 +185,33 @@ def _read_tensors(file: Path, keys: list[str]):
         header = json.loads(f.read(n))
         for name in keys:
             info = header[name]
-            begin, end = info["data_offsets"]
-            f.seek(8 + n + begin)
-            data = bytearray(end - begin)
-            f.readinto(data)
-            t = torch.frombuffer(data, dtype=DTYPES[info["dtype"]]) if data else \
-                torch.empty(0, dtype=DTYPES[info["dtype"]])
-            yield name, t.view(info["shape"])
+            begin = 8 + n + info["data_offsets"][0]
+            yield name, functools.partial(_fill, f, begin, DTYPES[info["dtype"]])
+
+
+def _fill(f, begin: int, dtype: torch.dtype, dest: torch.Tensor):
+    """dest <- the tensor of `dtype` at byte `begin` of f. Read in place when dest is a CPU
+    tensor of that dtype; else through a buffer, BLOCK_BYTES of rows at a time."""
+    f.seek(begin)
+    if not dest.numel():
+        return
+    if dest.device.type == "cpu" and dest.dtype == dtype and dest.is_contiguous():
+        _read_exactly(f, dest.view(-1).view(torch.uint8).numpy())
+        return
+    rows = dest.view(len(dest), -1) if dest.dim() > 1 else dest.view(1, -1)  # (R, C)
+    row_bytes = rows.shape[1] * dtype.itemsize
+    step = max(1, BLOCK_BYTES // row_bytes)
+    buffer = memoryview(bytearray(min(step, len(rows)) * row_bytes))
+    for a in range(0, len(rows), step):
+        block = buffer[:min(step, len(rows) - a) * row_bytes]
+        _read_exactly(f, block)
+        rows[a:a + step].copy_(torch.frombuffer(block, dtype=dtype).view(-1, rows.shape[1]))
+
+
+def _read_exactly(f, into):
+    if f.readinto(into) != into.nbytes:
+        raise UserError(f"{f.name}: ends before its tensors do (a partial download?); "
+                        f"re-download it")
 
 
 def _looks_pickled(file: Path) -> bool:

@@ -1,0 +1,77 @@
+"""Loading holds no second copy of any weight: the file is read into the model's own tensors
+(in blocks when the dtype changes), int8 quantises in blocks, and nothing imports sympy."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.tiny import make_tiny_model
+from tinfinite import checkpoint, quantize
+from tinfinite.checkpoint import load_model
+from tinfinite.quantize import Int8Linear
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_block_reads_are_whole_reads(tmp_path, monkeypatch):
+    """Files of either dtype, models of either dtype: a few rows at a time gives the same."""
+    for stored in (torch.float32, torch.bfloat16):
+        folder = tmp_path / str(stored)
+        state = make_tiny_model(folder, shards=2, dtype=stored)
+        for dtype in (torch.float32, torch.bfloat16):
+            whole = weights(load_model(folder, dtype))
+            monkeypatch.setattr(checkpoint, "BLOCK_BYTES", 3 * 64 * 4)  # a few rows a block
+            blocks = weights(load_model(folder, dtype))
+            monkeypatch.undo()
+            assert whole.keys() == blocks.keys()
+            for k in whole:
+                assert whole[k].dtype == dtype and torch.equal(whole[k], blocks[k]), k
+            want = state["model.embed_tokens.weight"].to(stored).to(dtype)
+            assert torch.equal(whole["embed_tokens.weight"], want)
+
+
+def test_int8_in_blocks_leaves_the_weight_alone(monkeypatch):
+    w = torch.randn(50, 24, generator=torch.Generator().manual_seed(0))
+    before = w.clone()
+    whole = Int8Linear(w)
+    monkeypatch.setattr(quantize, "QUANTIZE_ELEMENTS", 24 * 7)  # 7 rows a block
+    blocks = Int8Linear(w)
+    assert torch.equal(w, before)                   # the float weight is read, never written
+    assert torch.equal(whole.weight, blocks.weight) and torch.equal(whole.scale, blocks.scale)
+    assert torch.equal(whole.scale, (w.abs().amax(1) / 127).to(torch.bfloat16))
+
+
+PROBE = """
+import json, sys
+def rss_mb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+import torch
+from tinfinite.checkpoint import load_model
+before = rss_mb("VmRSS")
+model = load_model(sys.argv[1], torch.float32)
+print(json.dumps({"peak_mb": rss_mb("VmHWM") - before, "sympy": "sympy" in sys.modules,
+                  "weights_mb": sum(p.nbytes for p in model.parameters()) / 2**20}))
+"""
+
+
+def test_loading_peaks_at_the_weights(tmp_path):
+    """A fresh process: loading adds the weights to its peak and little else. A copy of each
+    tensor on its way would add the 32 MB embedding; sympy (meta tensors) adds 34-73 MB."""
+    make_tiny_model(tmp_path, vocab_size=16384, hidden_size=512, intermediate_size=256,
+                    num_attention_heads=8, num_key_value_heads=2)
+    done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT, check=True,
+                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                               "PATH": "/usr/bin:/bin"})
+    r = json.loads(done.stdout)
+    assert not r["sympy"]
+    assert r["weights_mb"] > 40
+    assert r["peak_mb"] < r["weights_mb"] + 12, r

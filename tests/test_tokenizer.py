@@ -13,7 +13,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from tinfinite.errors import UserError
-from tinfinite.tokenizer import StreamDecoder, Tokenizer
+from tinfinite.tokenizer import StreamDecoder, TextStream, Tokenizer
 
 SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 # Training text: the llama, the kanji 本/語 and ï never occur in it, so in TEXT they must be
@@ -227,6 +227,27 @@ def test_stream_skips_specials_and_keeps_a_small_window(kind, request):
     out.append(stream.flush())
     assert "".join(out) == text
     assert longest <= 12  # a few tokens, not the whole history: O(1) per token
+
+
+def test_text_stream_ends_before_a_stop_string_and_holds_back_its_start(bpe_folder):
+    """What may begin a stop string is held back until the next tokens tell; the stop string
+    and everything after it never come out."""
+    tok = Tokenizer.from_folder(bpe_folder)
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tok.encode(text, add_bos=False)
+    for stop, want in (("lazy", "The quick brown fox jumps over the "), ("fox", "The quick brown "),
+                       ("cat", text), ("dog.", "The quick brown fox jumps over the lazy ")):
+        stream = TextStream(tok, [stop, ""])
+        out = ""
+        for i in ids:
+            piece = stream.push(i)
+            assert stop not in out + piece
+            out += piece
+            if stream.stopped:
+                break
+        out += "" if stream.stopped else stream.flush()
+        assert out == want, stop
+        assert stream.stopped == (stop in text)
 
 
 # ---- bad folders ----

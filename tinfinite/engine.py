@@ -31,7 +31,7 @@ from tinfinite.packed import pack
 from tinfinite.quantize import quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.threads import ThreadChoice
-from tinfinite.tokenizer import StreamDecoder, Tokenizer
+from tinfinite.tokenizer import TextStream, Tokenizer
 from tinfinite.topk import TopKCache
 
 
@@ -352,27 +352,20 @@ class Engine:
 
     def _generate(self, prompt: str, chat: bool, system: str | None, stops: list[str],
                   options: dict) -> Iterator[str]:
-        decoder = StreamDecoder(self.tokenizer)
-        pending = ""  # text that might still turn out to be the start of a stop string
+        text = TextStream(self.tokenizer, stops)
         try:
             ids = self.tokenizer.encode(prompt, add_bos=False) if options["resume"] else \
                 self.prompt_ids(prompt, chat, system)
             for token in self._generate_ids(ids, **options):
-                pending += decoder.push(token)
-                cut = _find_stop(pending, stops)
-                if cut is not None:
-                    yield pending[:cut]
+                piece = text.push(token)
+                if piece:
+                    yield piece
+                if text.stopped:
                     return
-                keep = _stop_prefix_len(pending, stops)
-                if len(pending) > keep:
-                    yield pending[:len(pending) - keep]
-                    pending = pending[len(pending) - keep:]
         except KeyboardInterrupt:
-            yield pending + decoder.flush()  # Ctrl-C: hand over all text made so far, then stop
+            yield text.flush()  # Ctrl-C: hand over all text made so far, then stop
             raise
-        pending += decoder.flush()
-        cut = _find_stop(pending, stops)
-        yield pending if cut is None else pending[:cut]
+        yield text.flush()
 
     def token_nlls(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
         """Per-token NLL (float64, CPU) of ids[1:] given what precedes each, chunk by chunk.
@@ -414,12 +407,3 @@ def check_finite(logits: torch.Tensor):
         raise UserError(f"the model produced NaN/inf logits ({logits.dtype} overflow?); "
                         f"use dtype='bfloat16' or dtype='float32'", "dtype")
 
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _stop_prefix_len(text: str, stops: list[str]) -> int:
-    """Length of the longest end of text that begins some stop string."""
-    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)

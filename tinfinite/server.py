@@ -31,9 +31,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from tinfinite import settings
-from tinfinite.engine import Engine, _find_stop, _stop_prefix_len
+from tinfinite.engine import Engine
 from tinfinite.errors import UserError
-from tinfinite.tokenizer import StreamDecoder
+from tinfinite.tokenizer import TextStream
 
 MAX_TOKENS = 1 << 20  # a bound on one reply (the context itself has none)
 TEMPERATURE = 1.0     # OpenAI's default when a request gives none (the command line's: 0)
@@ -146,8 +146,7 @@ class Worker:
         n = len(self.context)
         cached = n if n < len(ids) and ids[:n] == self.context else 0
         self.context = []  # until this job ends cleanly the cache holds nothing reusable
-        stops, decoder = options["stop"], StreamDecoder(self.engine.tokenizer)
-        pending, tokens, finish = "", [], "length"
+        text, tokens, finish = TextStream(self.engine.tokenizer, options["stop"]), [], "length"
         steps = self.engine.generate_ids(
             ids[cached:], resume=cached > 0, max_new_tokens=options["max_new_tokens"],
             temperature=options["temperature"], top_k=options["top_k"], top_p=options["top_p"],
@@ -155,25 +154,18 @@ class Worker:
         try:
             for token in steps:
                 tokens.append(token)
-                pending += decoder.push(token)
-                cut = _find_stop(pending, stops)
-                if cut is not None:
-                    pending, finish = pending[:cut], "stop"
-                    break
-                keep = _stop_prefix_len(pending, stops)
-                emit(pending[:len(pending) - keep])
-                pending = pending[len(pending) - keep:]
-                if cancelled.is_set():
+                emit(text.push(token))
+                if text.stopped or cancelled.is_set():
                     break
             else:
                 if len(tokens) < options["max_new_tokens"]:
                     finish = "stop"  # end of sequence
-                pending += decoder.flush()
-                cut = _find_stop(pending, stops)
-                pending, finish = (pending, finish) if cut is None else (pending[:cut], "stop")
         finally:
             steps.close()
-        emit(pending)
+        if not text.stopped:
+            emit(text.flush())
+        if text.stopped:
+            finish = "stop"
         self.context = ids + tokens
         return {"finish_reason": finish, "prompt_tokens": len(ids), "cached_tokens": cached,
                 "completion_tokens": len(tokens)}

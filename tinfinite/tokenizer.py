@@ -247,8 +247,8 @@ class Tokenizer:
     def encode_long(self, text: str, max_tokens: int | None = None,
                     piece_chars: int = 1 << 16) -> array:
         """encode() for book-length text, in pieces cut where the tokenizer cuts anyway
-        (_cut), into a compact int32 array: encoding 5 MB at once
-        holds ~800 MB of library state; this holds one piece's. Stops after max_tokens.
+        (_cut), into a compact int32 array: encoding a whole book at once holds hundreds
+        of MB of library state; this holds one piece's. Stops after max_tokens.
         sentencepiece marks the start of every text it encodes, so it gets the whole text."""
         if not isinstance(self.backend, _HFBackend):
             piece_chars = len(text)
@@ -321,3 +321,39 @@ class StreamDecoder:
         new = self.tokenizer.decode(self.window)[len(self.printed_text):]
         self.window, self.printed, self.printed_text = [], 0, ""
         return new
+
+
+class TextStream:
+    """Token ids -> text pieces as they are made, ending before the first stop string.
+
+    Text that might still be the start of a stop string is held back until the next tokens
+    tell; `stopped` turns True when a stop string has appeared (it and what follows are cut)."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] = ()):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = [s for s in stops if s]
+        self.held = ""
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """The text that token_id makes certain (maybe "")."""
+        text = self.held + self.decoder.push(token_id)
+        cut = self._first_stop(text)
+        if cut is not None:
+            self.stopped, self.held = True, ""
+            return text[:cut]
+        keep = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])),
+                   default=0)  # the longest end of the text that begins some stop string
+        self.held = text[len(text) - keep:]
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """At the end of the stream: the held text (cut before a stop string, if one formed)."""
+        text, self.held = self.held + self.decoder.flush(), ""
+        cut = self._first_stop(text)
+        self.stopped = self.stopped or cut is not None
+        return text if cut is None else text[:cut]
+
+    def _first_stop(self, text: str) -> int | None:
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return min(hits) if hits else None

@@ -91,4 +91,4 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) 
     Returns (B, H, T, hd)."""
     B, H, T, hd = q.shape
     y = F.scaled_dot_product_attention(fold(q, k.shape[1]), k, v, attn_mask=mask)
-    return y.view(B, H, T, hd)
+    return y.reshape(B, H, T, hd)  # a view where y is contiguous (CPU); CUDA kernels may not be

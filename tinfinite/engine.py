@@ -85,13 +85,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
                         "device") from None
 
 
-def resolve_dtype(dtype: str, model_dir: str | Path, device: torch.device) -> str:
+def resolve_dtype(dtype: str, checkpoint_dtype: str, device: torch.device) -> str:
     """dtype, with "auto" made the checkpoint's dtype where the device runs it natively, else
     float32 (settings.auto_dtype)."""
     settings.choice("dtype", dtype, settings.DTYPES)
-    if dtype != "auto":
-        return dtype
-    return settings.auto_dtype(load_config(model_dir).torch_dtype, device)
+    return settings.auto_dtype(checkpoint_dtype, device) if dtype == "auto" else dtype
 
 
 class Engine:
@@ -176,12 +174,14 @@ class Engine:
                 "*.safetensors, tokenizer)"), "model_dir")
         settings.choice("quantize", quantize, settings.QUANTIZE)
         dev = resolve_device(device)
-        dtype = resolve_dtype(dtype, model_dir, dev)
+        cfg = load_config(model_dir)
+        dtype = resolve_dtype(dtype, cfg.torch_dtype, dev)
+        # The tokenizer first: a folder whose tokenizer does not fit fails before the weights load.
+        tokenizer = Tokenizer.from_folder(model_dir, vocab_size=cfg.vocab_size)
         compute = ThreadChoice(threads)  # auto: watches the machine's load while we load
         model = load_model(model_dir, settings.TORCH_DTYPES[dtype], dev)
         compute.apply()
         model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
-        tokenizer = Tokenizer.from_folder(model_dir, vocab_size=model.cfg.vocab_size)
         return cls(model, tokenizer, **options)
 
     @property
@@ -387,7 +387,7 @@ class Engine:
             check_finite(logits)
             targets = torch.tensor(ids[s + 1:s + T + 1], device=logits.device)  # (<= T,)
             yield F.cross_entropy(logits[:len(targets)].float(), targets,
-                                  reduction="none").double().cpu()
+                                  reduction="none").cpu().double()  # float64 never on a device
 
     def perplexity(self, ids: Sequence[int]) -> Score:
         """NLL of ids[1:] given what precedes each, streamed chunk by chunk."""

@@ -11,6 +11,8 @@ That kernel is a matrix-vector product at heart: a prefill chunk of many rows ru
 one GEMM on the weight dequantised to bfloat16, so calls of more than GEMM_ROWS rows do that
 (figures: docs/decisions.md, "int8").
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,11 +42,25 @@ class Int8Linear(nn.Module):
     def forward(self, x):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        if rows.shape[0] > GEMM_ROWS:
+        if rows.shape[0] > GEMM_ROWS or not has_int8_kernel(x.device.type):
             y = F.linear(rows, self.weight.to(torch.bfloat16) * self.scale[:, None])
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
         return y.view(*shape[:-1], -1).to(x.dtype)
+
+
+@functools.cache
+def has_int8_kernel(device_type: str) -> bool:
+    """Probe once per device type: does this torch build have _weight_int8pack_mm there?
+    (CPU and mps do; CUDA only in recent builds.) Without it, every call dequantises."""
+    try:
+        torch.ops.aten._weight_int8pack_mm(
+            torch.zeros(1, 8, dtype=torch.bfloat16, device=device_type),
+            torch.zeros(8, 8, dtype=torch.int8, device=device_type),
+            torch.ones(8, dtype=torch.bfloat16, device=device_type))
+        return True
+    except (NotImplementedError, RuntimeError):
+        return False
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -57,12 +57,13 @@ def angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
 def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, device="cpu"):
     """(T,) positions -> cos, sin of shape (T, head_dim), laid out for rotate-half.
 
-    Computed in float64 on the CPU (where positions and inv_freq live), then moved. The first
-    half of sin is negated, which lets rotate() swap halves with one roll instead of a cat."""
-    a = angles(positions, inv_freq)                     # (T, hd/2)
+    Computed in float64 on the CPU (where positions and inv_freq live), rounded to dtype there,
+    then moved: float64 never reaches a device (mps has none). The first half of sin is
+    negated, which lets rotate() swap halves with one roll instead of a cat."""
+    a = angles(positions.cpu(), inv_freq)               # (T, hd/2)
     cos, sin = a.cos(), a.sin()
     cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)  # (T, hd)
-    return cos.to(device, dtype), sin.to(device, dtype)
+    return cos.to(dtype).to(device), sin.to(dtype).to(device)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tinfinite.errors import UserError
 
-# RoPE scaling types (DESIGN.md §1): the ones rope.py implements, and the ones it refuses.
+# RoPE scaling types (docs/design.md §1): the ones rope.py implements, and the ones it refuses.
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 KNOWN_ROPE = SUPPORTED_ROPE + ("dynamic", "yarn", "longrope", "su", "mrope", "proportional")
 MAX_SIZE = 2**31 - 1  # sizes and token ids: int32, as token-id arrays hold them

@@ -4,7 +4,6 @@ client as the client, raw HTTP (httpx) for the requests a client library would n
 The model is a tiny random Llama whose tokens are single ASCII characters, so that whatever
 it replies reads back as the same token ids, as a real model's replies do (a conversation's
 next turn then begins with exactly the ids the cache holds)."""
-import json
 import os
 import socket
 import subprocess

@@ -67,16 +67,22 @@ def load_config(folder: str | Path) -> ModelConfig:
     if not path.is_file():
         raise UserError(f"{path}: not found; a model folder needs the config.json of a "
                         f"Hugging Face Llama checkpoint")
+    return config_from_dict(read_json_object(path), path)
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in a model folder's file; anything else is a one-line UserError."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting
-        raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {e}); re-download the "
-                        f"model folder") from None
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {e}); fix or "
+                        f"re-download it") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object; re-download the model folder")
-    return config_from_dict(raw, path)
+        raise UserError(f"{path}: expected a JSON object, not {as_json(raw)}; fix or "
+                        f"re-download it")
+    return raw
 
 
 def config_from_dict(raw: dict, path: Path | str = "config.json") -> ModelConfig:

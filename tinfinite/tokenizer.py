@@ -7,7 +7,6 @@ add BOS) live in the JSON files next to them and are read here, so the engine on
 sees ids.
 """
 
-import json
 import re
 from array import array
 from pathlib import Path
@@ -16,7 +15,7 @@ import sentencepiece
 import tokenizers
 
 from tinfinite import chat_template
-from tinfinite.config import MAX_SIZE, Fields, as_json
+from tinfinite.config import MAX_SIZE, Fields, read_json_object
 from tinfinite.errors import UserError
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for bytes that are not (yet) valid UTF-8
@@ -24,19 +23,7 @@ REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for bytes that are not (yet
 
 def _read_json(path: Path) -> Fields:
     """The file's JSON object, for typed reads ({} when the file is absent)."""
-    if not path.is_file():
-        return Fields({}, path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting
-        raise UserError(f"{path} is not valid JSON ({type(e).__name__}: {e}); fix or "
-                        f"re-download it") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object, not {as_json(raw)}; fix or "
-                        f"re-download it")
-    return Fields(raw, path)
+    return Fields(read_json_object(path) if path.is_file() else {}, path)
 
 
 def _token_text(fields: Fields, key: str) -> str | None:

@@ -75,3 +75,15 @@ run pk4k_topk5_l0 $P4 --top-k-middle 5 --top-k-from-layer 0 --n-global 10
 # 64K (one trial each; last, as the longest).
 run pk64_topk passkey --lengths 65536 --trials 1 --seed 4 --top-k-middle 5 --n-global 10
 run pk64_lambda passkey --lengths 65536 --trials 1 --seed 4 --n-global 10
+
+# Starting tokens at the ceiling (the paper) or spread inside the trained range
+# (--start-distances), with the defaults otherwise (64 starting tokens): the runs that decide
+# the default. 16K-token passkey prompts, keys 1K-7K tokens back (inside the 8K window), the
+# same 8 questions in every mode; then perplexity to 64K, 8K buckets.
+P16="passkey --lengths 16384 --trials 8 --seed 11 --min-depth 0.57 --max-depth 0.94"
+run sd_pk16_ceiling $P16 --start-distances ceiling
+run sd_pk16_spread $P16 --start-distances spread
+run sd_pk16_truncate $P16 --truncate
+PPL="perplexity --file $BOOK --max-tokens 65536 --report-every 8192"
+run sd_ppl_ceiling $PPL --start-distances ceiling
+run sd_ppl_spread $PPL --start-distances spread

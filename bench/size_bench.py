@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bandwidth import full_cache_step_bytes, tinfinite_step_bytes  # noqa: E402
+from cases import run_case_process  # noqa: E402
 
 TEXT = " ".join(f"Line {i}: a quick brown fox jumps over {i % 7} lazy dogs." for i in range(400))
 IMPLS = ("tinfinite", "tinfinite-int8", "hf")
@@ -229,20 +229,6 @@ CASES = {"bandwidth": case_bandwidth, "load": case_load, "decode": case_decode}
 # The driver.
 # ---------------------------------------------------------------------------------------------
 
-def run_case(case: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
-    t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timed out after {timeout:.0f} s (--case-timeout)"}
-    lines = [s for s in done.stdout.splitlines() if s.startswith("{")]
-    if done.returncode or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"failed (exit {done.returncode}): {tail}"}
-    return {**json.loads(lines[-1]), "case_wall_s": round(time.perf_counter() - t0, 1)}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     csv = lambda kind: lambda s: [kind(x) for x in s.split(",") if x]  # noqa: E731
@@ -283,7 +269,8 @@ def main():
 
         base = {"model": str(a.model), "device": a.device}
         gib = a.bandwidth_gib or (2.0 if a.device == "cpu" else 4.0)
-        bw = run_case({"case": "bandwidth", "device": a.device, "gib": gib}, a.case_timeout)
+        bw = run_case_process(__file__, {"case": "bandwidth", "device": a.device, "gib": gib},
+                              a.case_timeout)
         emit({"machine_limit": True, **base, **bw, "torch": torch.__version__,
               "cpus": os.cpu_count(), "checkpoint_mb": round(checkpoint_bytes(a.model) / 2**20),
               "note": f"contexts > {a.prefill_max} tokens: synthetic cache fill (random K/V), "
@@ -291,15 +278,16 @@ def main():
         for load in a.loads:
             q = "int8" if load == "int8" else None
             emit({"case": "load", "impl": "tinfinite", "dtype": "bfloat16", "quantize": q, **base,
-                  **run_case({"case": "load", "model": a.model, "device": a.device,
-                              "quantize": q}, a.case_timeout)})
+                  **run_case_process(__file__, {"case": "load", "model": a.model,
+                                                "device": a.device, "quantize": q},
+                                     a.case_timeout)})
         results = {}
         for impl in a.impls:
-            r = run_case({"case": "decode", "impl": impl, "model": a.model, "device": a.device,
-                          "contexts": a.contexts, "new_tokens": a.new_tokens,
-                          "warmup": a.warmup, "prefill_max": a.prefill_max,
-                          "bandwidth_gb_s": bw.get("bandwidth_gb_s", float("nan"))},
-                         a.case_timeout)
+            r = run_case_process(__file__, {
+                "case": "decode", "impl": impl, "model": a.model, "device": a.device,
+                "contexts": a.contexts, "new_tokens": a.new_tokens, "warmup": a.warmup,
+                "prefill_max": a.prefill_max,
+                "bandwidth_gb_s": bw.get("bandwidth_gb_s", float("nan"))}, a.case_timeout)
             contexts = r.pop("contexts", [])
             emit({"case": "decode", "impl": impl, "dtype": "bfloat16", **base, **r})
             for c in contexts:

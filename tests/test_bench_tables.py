@@ -40,3 +40,38 @@ def test_no_summary_lines_is_an_error(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench/perf_table.py"), str(f)],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "no summary lines" in r.stderr
+
+
+def table(tmp_path, lines) -> str:
+    f = tmp_path / "lines.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return subprocess.run([sys.executable, str(ROOT / "bench/perf_table.py"), str(f)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_threads_table_shows_each_setting_under_each_load(tmp_path):
+    out = table(tmp_path, [{"summary": True, "impl": "tinfinite", "candidate": "auto",
+                            "dtype": "bfloat16", "quiet_tokens_per_s": 40.0, "quiet_threads": [2],
+                            "busy_tokens_per_s": 30.0, "busy_threads": [1],
+                            "pair_tokens_per_s": 28.0, "pair_threads": [1],
+                            "busy_over_quiet": 0.75, "pair_over_quiet": 0.7}])
+    assert ("| tinfinite | auto | bfloat16 | 40.0 (2 thr) | 30.0 (1 thr) | 28.0 (1 thr) | 0.75 "
+            "| 0.70 |") in out
+
+
+def test_size_table_compares_the_same_model_and_context(tmp_path):
+    step = dict(case="decode_step", model="w/big", fill="prefill", limit_ms_per_token=40.0)
+    out = table(tmp_path, [
+        {"case": "load", "model": "w/big", "quantize": None, "dtype": "bfloat16",
+         "load_seconds": 6.0, "peak_rss_mb": 2500, "checkpoint_mb": 2048, "target_peak_mb": 3160},
+        {**step, "impl": "tinfinite", "context_tokens": 256, "decode_ms_per_token": 100.0,
+         "bandwidth_share": 0.4},
+        {**step, "impl": "tinfinite", "context_tokens": 16384, "decode_ms_per_token": 120.0,
+         "bandwidth_share": 0.35, "fill": "synthetic"},
+        {**step, "impl": "hf", "context_tokens": 256, "decode_ms_per_token": 150.0,
+         "bandwidth_share": 0.27},
+        {**step, "impl": "hf", "context_tokens": 16384, "decode_ms_per_token": 600.0,
+         "bandwidth_share": 0.07, "fill": "synthetic"}])
+    assert "| big | bfloat16 | 6.0 | 2500 | 2048 | 3160 |" in out
+    assert "| big | 16,384 | tinfinite | synthetic | 120.0 | 40.0 | 0.35 |" in out
+    assert "| big | 256 | 1.50x | 1.00 |" in out and "| big | 16,384 | 5.00x | 1.20 |" in out

@@ -13,11 +13,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from tinfinite import settings
 from tinfinite.config import ModelConfig, as_json, load_config
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
 
-DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+# safetensors' names of the dtypes a checkpoint may store (settings.TORCH_DTYPES: ours)
+FILE_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 INDEX = "model.safetensors.index.json"
 # A tensor that needs converting (another dtype or device) is read in blocks of rows of at
 # most this many bytes: the only buffer loading needs.
@@ -148,7 +150,7 @@ def _check_file(file: Path, names, cfg: ModelConfig, want: dict) -> list[str]:
                 if shape != expected:
                     raise UserError(f"{file}: tensor {name} has shape {shape}, config.json "
                                     f"implies {expected}")
-                if sl.get_dtype() not in DTYPES:
+                if sl.get_dtype() not in FILE_DTYPES:
                     raise UserError(f"{file}: tensor {name} has dtype {sl.get_dtype()}; supported: "
                                     f"float32, bfloat16, float16")
             return keys
@@ -186,7 +188,7 @@ def _read_tensors(file: Path, keys: list[str]):
         for name in keys:
             info = header[name]
             begin = 8 + n + info["data_offsets"][0]
-            yield name, functools.partial(_fill, f, begin, DTYPES[info["dtype"]])
+            yield name, functools.partial(_fill, f, begin, settings.TORCH_DTYPES[FILE_DTYPES[info["dtype"]]])
 
 
 def _fill(f, begin: int, dtype: torch.dtype, dest: torch.Tensor):

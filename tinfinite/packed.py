@@ -16,13 +16,13 @@ import platform
 import torch
 from torch import nn
 
-DTYPES = (torch.float32, torch.bfloat16)
+PACKED_DTYPES = (torch.float32, torch.bfloat16)  # not float16: oneDNN refused it on our CPU
 
 
 def can_pack(weight: torch.Tensor) -> bool:
     """Is there a oneDNN linear for this weight here: an x86-64 CPU (where it was measured),
     float32 or bfloat16 (bfloat16 only where oneDNN has native support, e.g. AVX-512)?"""
-    return (weight.device.type == "cpu" and weight.dtype in DTYPES
+    return (weight.device.type == "cpu" and weight.dtype in PACKED_DTYPES
             and platform.machine().lower() in ("x86_64", "amd64") and _runs(weight.dtype))
 
 

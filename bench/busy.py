@@ -247,7 +247,8 @@ def drive(a) -> None:
 
     model = str(a.model or ensure_default_model())
     ids = Tokenizer.from_folder(model).encode(TEXT)[:a.prompt_tokens]
-    plan = [("tinfinite", c, d) for c in a.candidates for d in a.dtypes]
+    plan = [("tinfinite", c, d) for c in a.candidates for d in a.dtypes
+            if "tinfinite" in a.impls]
     gguf, skipped = None, None
     if "llamacpp" in a.impls:
         import importlib.util

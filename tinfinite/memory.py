@@ -5,9 +5,9 @@ What a run allocates up front or grows to, besides the weights (batch 1; "slot" 
 key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes):
 
     cache    the ring (n_local + chunk_size - 1 slots), the starting tokens (n_global slots and
-             their un-rotated keys) and the top-k picks (group x top_k_middle slots)
-    mask     a wide chunk's per-head mask, kv_heads x (group x chunk_size) x (all those slots)
-             in the model's dtype (attention.py)
+             their turned-back keys) and the top-k picks (group x top_k_middle slots)
+    mask     the per-head mask of a chunk past the window, kv_heads x (group x chunk_size) x
+             (all those slots) in the model's dtype (cache.py)
     logits   a chunk's (chunk_size, vocab) logits in float32, and the float32 copy that
              cross-entropy takes (Engine.token_nlls)
     grows    top_k_middle keeps every token's slot, in a buffer that doubles (2 x chunk_size

@@ -27,8 +27,8 @@ ATTENTION = "lambda"
 N_GLOBAL = 64
 # The window: None = the model's max_position_embeddings, the paper's L_pretrain (§4).
 N_LOCAL = None
-# Prefill chunk: longer is barely faster, while the wide per-head mask and the ring grow with
-# it (measurements: docs/decisions.md).
+# Prefill chunk: longer is barely faster, while the per-head mask past the window and the
+# ring grow with it (measurements: docs/decisions.md).
 CHUNK_SIZE = 256
 # Top-k middle attention, the paper's retrieval variant (§5.2): off; when on, used from this
 # layer (from 0) up.

@@ -31,11 +31,11 @@ A starting token out of the window must be scored at the ceiling whatever i is,
 
 so its key is stored turned back by the ceiling, once, and the un-rotated query scores it:
 one small (rows x n_global) product per layer, written into the mask's starting-token
-columns, whose keys are zero (q . 0 = 0, so the mask alone is the score). One softmax thus covers window and starting
-tokens, as the rule says. A starting token still inside a row's window is an ordinary ring
-key for that row, and its starting-token column is -inf there. (With start_distances="spread"
-each starting token is turned back by a distance of its own inside the window instead:
-START_DISTANCES.)
+columns, whose keys are zero (q . 0 = 0, so the mask alone is the score). One softmax thus
+covers window and starting tokens, as the rule says. A starting token still inside a row's
+window is an ordinary ring key for that row, and its starting-token column is -inf there.
+(With start_distances="spread" each starting token is turned back by a distance of its own,
+inside the window: START_DISTANCES.)
 
 Until some query is n_local tokens past the first one, no key has left any window: a call is
 then exactly vanilla causal attention over the filled ring, with one mask for every head.
@@ -55,8 +55,8 @@ from tinfinite.config import ModelConfig
 # Where a query sees starting token g (0 <= g < n_global) once it is beyond the window:
 # "ceiling" is the paper's rule, every one at distance n_local, one past the trained range;
 # "spread" keeps them inside the trained range, in their order, where they would stand just
-# before the window: token g at n_local - 1 - g (at least 0). docs/decisions.md says which
-# is the default and why.
+# before the window: token g at n_local - 1 - g (at least 0). The paper's rule stays the
+# default until a measurement says otherwise (docs/decisions.md).
 START_DISTANCES = {
     "ceiling": lambda n_global, n_local: torch.full((n_global,), n_local),
     "spread": lambda n_global, n_local: (n_local - 1 - torch.arange(n_global)).clamp(min=0),

@@ -136,9 +136,23 @@ def million_table():
           f"{small['peak_rss_mb'] if small else float('nan'):.0f} MB.")
 
 
+def start_distances_table():
+    """The sd_* runs: starting tokens at the ceiling or spread, against truncation."""
+    print("| starting tokens beyond the window | ppl 8K-64K | passkey 16K, keys 1.9K-6.5K back "
+          "| keys found (tokens back) |")
+    print("| --- | ---: | ---: | --- |")
+    for mode, label in (("ceiling", "at the ceiling (the paper; default)"),
+                        ("spread", "spread, n_local - 1 - g"), ("truncate", "truncated to the window")):
+        ppl, pk = load(f"sd_ppl_{mode}"), load(f"sd_pk16_{mode}")
+        found = sorted(t["key_distance"] for t in pk["trials"] if t["correct"]) if pk else []
+        print(f"| {label} | {fmt(span(ppl, 8192, 65536), 3)} | {score(f'sd_pk16_{mode}')} | "
+              f"{', '.join(map(str, found)) or '—'} |")
+
+
 if __name__ == "__main__":
     for title, table in (("Perplexity", perplexity_table), ("Passkey", passkey_tables),
-                         ("Starting tokens", n_global_table), ("1M tokens", million_table)):
+                         ("Starting tokens", n_global_table), ("1M tokens", million_table),
+                         ("Start distances", start_distances_table)):
         print(f"### {title}\n")
         table()
         print()

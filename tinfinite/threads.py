@@ -3,10 +3,8 @@
 torch's default is one OpenMP thread per core, and each thread spins while it waits for the
 next operator. Alone on a machine that is the fastest way to run. Next to another busy
 process it is the slowest: a decode step is hundreds of operators, and each one waits at a
-barrier for the thread whose core the other process holds. On a 2-core machine, with torch's
-default, two generations started together decoded at 1.0 token/s each (52.3 alone); with one
-core held by a Python busy loop, decoding kept 30% of its quiet speed, and one thread made
-47 token/s. bench/busy.py measures these cases.
+barrier for the thread whose core the other process holds. bench/busy.py measures these
+cases (figures: docs/decisions.md, "Compute threads").
 
 So `threads=None` (the default, `--threads` unset) takes the cores that other processes
 leave free while the model loads: the CPU time they used over that span (from /proc/stat,

@@ -10,16 +10,7 @@ OUT=$(dirname "$0")/results
 BOOK="$TEXTS/les_miserables.txt"
 COMMON="--dtype bfloat16"
 
-run() {  # run NAME ARGS...: main.py ARGS --json > results/NAME.json, once
-    local name=$1; shift
-    [ -s "$OUT/$name.json" ] && return
-    echo "== $name: python main.py $* $COMMON --json" >&2
-    if python main.py "$@" $COMMON --json > "$OUT/$name.tmp"; then
-        mv "$OUT/$name.tmp" "$OUT/$name.json"
-    else
-        echo "== $name failed" >&2; rm -f "$OUT/$name.tmp"
-    fi
-}
+. "$(dirname "$0")/run_once.sh"   # run NAME ARGS...
 
 # Perplexity by position on one book, 2K buckets: lambda and window to 64K, full to 32K.
 run ppl_lambda perplexity --file "$BOOK" --max-tokens 65536 --report-every 2048 --n-global 10

@@ -17,7 +17,7 @@ from tests.tiny import CORPUS, tiny_llama
 from tinfinite.engine import Engine
 from tinfinite.evaluate import (FILLER, KEY_LINE, QUESTION, TASK, Buckets, first_integer,
                                 passkey_prompt, passkey_trials, perplexity_by_position,
-                                run_passkey, summarise)
+                                run_passkey, run_passkeys, summarise)
 from tinfinite.fetch import ensure_default_model
 
 
@@ -97,6 +97,28 @@ def test_every_mode_gets_the_same_questions():
     assert [n for n, _, _ in a] == [1000] * 3 + [2000] * 3
     inside = passkey_trials([1000], 20, seed=7, depths=(0.6, 0.9))
     assert all(0.6 <= d <= 0.9 and 10000 <= k <= 99999 for _, d, k in inside)
+
+
+@pytest.mark.parametrize("options", [dict(n_local=32, n_global=4), dict(n_local=32, top_k_middle=2),
+                                     dict(attention="full")])
+def test_passkey_trials_share_their_filler_and_give_the_same_answers(tiny, options):
+    """Trials read the filler before their key once between them (snapshots of the cache),
+    and answer what each asked alone answers."""
+    engine = Engine.load(tiny, chunk_size=8, **options)
+    fed = []
+    forward = engine.model.forward
+    engine.model.forward = lambda ids, *a, **k: fed.append(ids.shape[1]) or forward(ids, *a, **k)
+    trials = passkey_trials([120, 90], 3, seed=4)
+    together = run_passkeys(engine, trials)
+    shared = sum(fed)
+    alone = []
+    for t in trials:
+        alone += run_passkeys(engine, [t])
+    assert together == alone
+    assert [(r["length"], r["key"]) for r in together] == [(n, k) for n, _, k in trials]
+    each = sum(fed) - shared
+    longest_prefix = max(r["tokens"] - r["key_distance"] for r in together)
+    assert shared <= each - longest_prefix  # at least the deepest key's prefix saved
 
 
 def test_top_k_middle_finds_a_key_beyond_the_window():

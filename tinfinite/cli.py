@@ -239,7 +239,7 @@ def run_perplexity(a):
 
 
 def run_passkey(a):
-    from tinfinite.evaluate import passkey_trials, run_passkey as ask, summarise
+    from tinfinite.evaluate import passkey_trials, run_passkeys, summarise
     if a.trials < 1:
         raise UserError(f"--trials {a.trials}: must be >= 1")
     if not 0 <= a.min_depth <= a.max_depth <= 1:
@@ -251,15 +251,14 @@ def run_passkey(a):
         raise UserError(f"--lengths {max(a.lengths)}: at most {settings.MAX_PASSKEY_LENGTH} "
                         f"tokens")
     engine = load_engine(a)
-    results = []
-    for length, depth, key in passkey_trials(a.lengths, a.trials, a.seed,
-                                                     (a.min_depth, a.max_depth)):
-        r = ask(engine, length, depth, key, truncate=a.truncate)
-        results.append(r)
-        print(f"length {length:>7}  depth {depth:.2f}  key {key}  answer {r['answer']}  "
-              f"{'ok' if r['correct'] else 'WRONG'}  (key {r['key_distance']} tokens from "
-              f"the end{', in window' if r['key_in_window'] else ''})",
+
+    def report(r):
+        print(f"length {r['length']:>7}  depth {r['depth']:.2f}  key {r['key']}  answer "
+              f"{r['answer']}  {'ok' if r['correct'] else 'WRONG'}  (key {r['key_distance']} "
+              f"tokens from the end{', in window' if r['key_in_window'] else ''})",
               file=sys.stderr if a.json else sys.stdout, flush=True)
+    trials = passkey_trials(a.lengths, a.trials, a.seed, (a.min_depth, a.max_depth))
+    results = run_passkeys(engine, trials, truncate=a.truncate, on_result=report)
     summary = summarise(results)
     if a.json:
         print(json.dumps({"attention": a.attention, "n_local": engine.n_local,

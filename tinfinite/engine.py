@@ -9,6 +9,7 @@
 The engine knows token ids; the tokenizer knows text. Every call streams its input through
 the same preallocated cache in chunks, so memory does not depend on the input's length.
 """
+import copy
 import math
 import os
 import threading
@@ -269,6 +270,19 @@ class Engine:
         for s in range(0, len(ids), self.chunk_size):
             logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
         return logits[0]                                                   # (vocab,)
+
+    def snapshot(self) -> object:
+        """A copy of everything the cache holds now; restore() returns the engine to it, as
+        often as wanted. One text read once, then continued several ways (evaluate.py's
+        passkey trials share their filler this way); costs one copy of the cache."""
+        with self._turn():
+            return copy.deepcopy((self._cache, self._unfed))
+
+    def restore(self, state: object):
+        """Go back to a snapshot() of this engine: the next call with resume=True goes on
+        from there. The snapshot stays valid."""
+        with self._turn():
+            self._cache, self._unfed = copy.deepcopy(state)
 
     def generate_ids(self, ids: Sequence[int], *, max_new_tokens: int = settings.MAX_NEW_TOKENS,
                      temperature: float = settings.TEMPERATURE, top_k: int = settings.TOP_K,

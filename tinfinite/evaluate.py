@@ -150,17 +150,62 @@ def run_passkey(engine, length: int, depth: float, key: int, truncate: bool = Fa
     truncate: the baseline of the paper's Table 3, a vanilla model that sees only the last
     n_local tokens of the prompt.
     """
-    prompt = passkey_prompt(engine.tokenizer, length, depth, key)
-    ids = engine.tokenizer.encode(prompt.text)
-    key_at = len(engine.tokenizer.encode(prompt.text[:prompt.text.index(KEY_LINE[:15])]))
-    distance = len(ids) - key_at  # tokens from the key line to the end of the whole prompt
-    if truncate:
-        ids = ids[-engine.n_local:]
-    text = engine.tokenizer.decode(list(engine.generate_ids(ids, max_new_tokens=max_new_tokens)))
-    answer = first_integer(text)
-    return {"length": length, "tokens": len(ids), "depth": round(depth, 4), "key": key,
-            "answer": answer, "correct": answer == key, "generated": text,
-            "key_distance": distance, "key_in_window": distance <= engine.n_local}
+    return run_passkeys(engine, [(length, depth, key)], truncate, max_new_tokens)[0]
+
+
+def run_passkeys(engine, trials: list[tuple], truncate: bool = False, max_new_tokens: int = 8,
+                 on_result=None) -> list[dict]:
+    """Ask every (length, depth, key) trial; the results in the trials' order, on_result(r)
+    as each comes.
+
+    The prompts share their filler up to the key line, so the trials run in order of depth
+    and the shared part is read once: the cache is snapshotted where each trial's key line
+    starts, the trial continues from there, and the next one goes on from the snapshot.
+    Streaming a text in pieces computes what one pass does (tests/test_model.py), so this
+    changes the cost, not the answers. (truncate reads each prompt's tail alone.)"""
+    asked = []
+    for i, (length, depth, key) in enumerate(trials):
+        prompt = passkey_prompt(engine.tokenizer, length, depth, key)
+        ids = engine.tokenizer.encode(prompt.text)
+        before = engine.tokenizer.encode(prompt.text[:prompt.text.index(KEY_LINE[:15])])
+        split = common_prefix(ids, before)       # the ids before the key line's first token
+        asked.append((split, i, length, depth, key, ids))
+    results: list[dict | None] = [None] * len(trials)
+    state, held = None, []   # a snapshot of the cache after reading the ids `held`
+    for split, i, length, depth, key, ids in sorted(asked):
+        distance = len(ids) - split   # tokens from the key line to the end of the prompt
+        if truncate:
+            ids, split = ids[-engine.n_local:], 0
+        prefix = ids[:split]
+        if state is not None and split and prefix[:len(held)] == held:
+            engine.restore(state)
+            if len(prefix) > len(held):
+                engine.prefill(prefix[len(held):], resume=True)
+        elif split:
+            engine.prefill(prefix)
+        if split:
+            state, held = engine.snapshot(), prefix
+        out = list(engine.generate_ids(ids[split:], max_new_tokens=max_new_tokens,
+                                       resume=split > 0))
+        text = engine.tokenizer.decode(out)
+        answer = first_integer(text)
+        results[i] = {"length": length, "tokens": len(ids), "depth": round(depth, 4),
+                      "key": key, "answer": answer, "correct": answer == key,
+                      "generated": text, "key_distance": distance,
+                      "key_in_window": distance <= engine.n_local}
+        if on_result:
+            on_result(results[i])
+    return results
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def depth_bin(depth: float, bins: int = 5) -> str:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Passkey at 16K tokens with the default 8K window, by mode and key distance (issue 16), in
+# order of importance; docs/results.md's "Passkey by mode" table. Every mode is asked the same
+# 8 questions per band (same seed): keys inside the window (1K-7K tokens back, seed 11, the
+# questions of the start-distance runs in length_runs.sh) and beyond it (9K-16K back, seed 12).
+# Trials share the filler before their keys (evaluate.run_passkeys). Truncation cannot see a
+# key beyond the window, so it runs inside only. ~3.5 core-hours here; two instances split it:
+#   OMP_NUM_THREADS=1 bench/passkey_grid.sh & OMP_NUM_THREADS=1 bench/passkey_grid.sh &
+set -u
+OUT=$(dirname "$0")/results
+COMMON="--dtype bfloat16"
+. "$(dirname "$0")/run_once.sh"   # run NAME ARGS...
+
+IN="passkey --lengths 16384 --trials 8 --seed 11 --min-depth 0.57 --max-depth 0.94"
+OUTSIDE="passkey --lengths 16384 --trials 8 --seed 12 --min-depth 0.03 --max-depth 0.45"
+PAPER="--n-global 10"   # the paper's setting; tinfinite's default is 64 starting tokens
+
+run pk16out_top5 $OUTSIDE --top-k-middle 5
+run pk16out_g64 $OUTSIDE
+run pk16in_top5 $IN --top-k-middle 5
+run pk16in_g10 $IN $PAPER
+run pk16in_top16 $IN --top-k-middle 16
+run pk16out_top16 $OUTSIDE --top-k-middle 16
+run pk16out_g10 $OUTSIDE $PAPER
+run pk16in_full $IN --attention full
+run pk16out_full $OUTSIDE --attention full
+run pk16in_g10top5 $IN $PAPER --top-k-middle 5
+run pk16out_g10top5 $OUTSIDE $PAPER --top-k-middle 5
+run pk16in_g10top16 $IN $PAPER --top-k-middle 16
+run pk16out_g10top16 $OUTSIDE $PAPER --top-k-middle 16

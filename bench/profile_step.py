@@ -4,6 +4,8 @@
     python bench/profile_step.py --context 9000                  # past the window: full ring
     python bench/profile_step.py --context 9000 --chunk          # one 256-token prefill chunk
     python bench/profile_step.py --context 256 --no-pack         # plain weights (packed.py off)
+    python bench/profile_step.py --context 16384 --synthetic     # 16K, the cache filled without
+                                                                 # running the model (size_bench)
 
 Prints the median time of --steps runs without the profiler, then the operators by self CPU
 time over --profile-steps profiled runs. Each run goes on where the cache is (the context grows
@@ -28,6 +30,8 @@ def main():
     p.add_argument("--context", type=int, default=256, help="tokens in the cache before the step")
     p.add_argument("--chunk", action="store_true", help="profile a prefill chunk, not a decode step")
     p.add_argument("--no-pack", action="store_true", help="keep plain weights (no oneDNN packing)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="fill the cache with random keys and values instead of a prefill")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--rows", type=int, default=20, help="operators to list")
@@ -38,7 +42,11 @@ def main():
     engine = Engine.load(a.model, dtype="bfloat16" if int8 else a.dtype,
                          quantize="int8" if int8 else None)
     ids = [1000 + (i * 7919) % 40000 for i in range(a.context)]  # any ids will do
-    engine.prefill(ids)
+    if a.synthetic:
+        from size_bench import fill_tinfinite
+        fill_tinfinite(engine, a.context)
+    else:
+        engine.prefill(ids)
     T = engine.chunk_size if a.chunk else 1
     x = torch.tensor([ids[:T]])
 

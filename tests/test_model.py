@@ -11,6 +11,7 @@ import torch
 
 from tests.reference import reference_logits
 from tests.tiny import make_tiny_model, tiny_config
+from tinfinite.attention import additive, lambda_mask
 from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
 from tinfinite.rope import inverse_frequencies
@@ -79,6 +80,36 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
                                 inverse_frequencies(model.cfg))
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+
+
+def test_decode_steps_update_the_mask_in_place(tmp_path):
+    """Past the window, a decode step moves its mask by two columns in place, never rebuilding
+    it; chunks and steps in any order still compute the rule."""
+    state = make_tiny_model(tmp_path)
+    model = load_model(tmp_path, dtype=torch.float64)
+    rng = random.Random(5)
+    for n_global, n_local, max_chunk in [(3, 10, 6), (2, 7, 1), (0, 5, 4)]:
+        cache = LambdaCache(model.cfg, n_global=n_global, n_local=n_local, max_chunk=max_chunk,
+                            dtype=torch.float64)
+        ids = [rng.randrange(96) for _ in range(70)]
+        got, s, previous = [], 0, None
+        while s < len(ids):
+            T = rng.choice([1, 1, 1, max_chunk])
+            x = torch.tensor([ids[s:s + T]])
+            got.append(model(x, cache, last_only=False))
+            s += x.shape[1]
+            if x.shape[1] == 1 and not cache.inside_window:
+                here = cache.pos[(cache.n_seen - 1) % cache.ring]
+                ring = additive(lambda_mask(here[None], cache.pos, n_local), torch.float64)
+                assert torch.equal(cache.mask[0, :, :, :cache.ring], ring.expand(cache.mask.shape[1:3] + ring.shape[-1:]))
+                if previous is not None:
+                    assert cache.mask.data_ptr() == previous  # the same buffer, updated
+                previous = cache.mask.data_ptr()
+            else:
+                previous = None
+        want = reference_logits(state, tiny_config(), ids, n_global, n_local, n_local,
+                                inverse_frequencies(model.cfg))
+        assert torch.allclose(torch.cat(got, dim=1)[0], want, atol=1e-9, rtol=0)
 
 
 def test_top_k_middle_attention_equals_rule(tmp_path):

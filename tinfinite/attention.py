@@ -34,12 +34,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Products of at most this many scores (rows x keys) run in float32. A decode step's
-# starting-token scores are tiny (3 x 64 per head): in bfloat16 the CPU matmul's fixed setup
-# cost dwarfs the work, in float32 it does not (docs/decisions.md, "tiny score products").
-TINY_PRODUCT = 4096
-
-
 def lambda_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, n_local: int) -> torch.Tensor:
     """(T, K) bool, True = key k is in query t's window. From absolute positions only.
 
@@ -73,14 +67,8 @@ def fold(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
 
 
 def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q (B, Hkv, rows, hd) . k (B, Hkv, N, hd) / sqrt(hd) -> (B, Hkv, rows, N), as SDPA scales.
-
-    Tiny products go through float32 and come back in q's dtype (TINY_PRODUCT)."""
-    scale = 1 / math.sqrt(q.shape[-1])
-    if q.shape[-2] * k.shape[-2] <= TINY_PRODUCT:
-        f32 = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
-        return (q.to(f32) @ k.to(f32).transpose(-1, -2) * scale).to(q.dtype)
-    return q @ k.transpose(-1, -2) * scale
+    """q (B, Hkv, rows, hd) . k (B, Hkv, N, hd) / sqrt(hd) -> (B, Hkv, rows, N), as SDPA scales."""
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

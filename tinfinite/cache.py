@@ -45,10 +45,12 @@ so a short prompt does not pay for the whole window. A slot is never read before
 written, except by the masked keys of a call past the window; those are zeroed before the
 first such call (a masked key must still be finite: 0 * NaN = NaN).
 """
+import math
+
 import torch
 
 from tinfinite import rope
-from tinfinite.attention import additive, beyond_window, fold, lambda_mask, scores, sdpa
+from tinfinite.attention import additive, beyond_window, fold, lambda_mask, sdpa
 from tinfinite.config import ModelConfig
 
 
@@ -84,9 +86,13 @@ class LambdaCache:
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.keys[:, :, :, self.ring:].zero_()     # starting tokens and extras: zero keys
         self.values[:, :, :, self.ring:].zero_()
-        # The starting tokens' keys, turned back by their distance: rot(k_g, -d_g)
-        self.start_keys = torch.zeros((cfg.n_layers, 1, cfg.n_kv_heads, n_global, cfg.head_dim),
-                                      dtype=dtype, device=device)
+        # The starting tokens' keys, turned back by their distance, rot(k_g, -d_g), stored as
+        # the matrix their scores need, (hd, G) per head, times SDPA's 1/sqrt(hd), and in at
+        # least float32: a decode step's product is 3 x 64 per head, and in bfloat16 the CPU
+        # matmul's setup costs more than the work (docs/decisions.md, "tiny score products").
+        self.score_dtype = torch.promote_types(dtype, torch.float32)
+        self.start_keys = torch.zeros((cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_global),
+                                      dtype=self.score_dtype, device=device)
         self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self._zeroed = False  # unwritten ring slots zeroed (see above)
         distances = START_DISTANCES[start_distances](n_global, n_local)           # (G,)
@@ -109,6 +115,7 @@ class LambdaCache:
         self.pos.fill_(-1)
         self.n_seen = 0          # tokens fed since the reset
         self.first = first_position
+        self.decoding = False    # self.mask is a decode step's past the window (call_mask)
 
     def begin(self, T: int) -> torch.Tensor:
         """Take slots for the next T tokens and make this call's RoPE tables and mask.
@@ -124,29 +131,42 @@ class LambdaCache:
         self.n_seen = n + T
         self.cos, self.sin = rope.cos_sin(positions, self.inv_freq, self.dtype, self.device)  # (T, hd)
         self.inside_window = n + T - 1 < self.n_local
+        self.decoding = self.decoding and T == 1 and not self.inside_window
         self.mask = self.call_mask(here)
         return positions
 
-    def call_mask(self, positions: torch.Tensor) -> torch.Tensor:
+    def call_mask(self, positions: torch.Tensor) -> torch.Tensor | None:
         """This call's additive mask, rows in fold() order: (group*T, filled ring) inside the
-        window; else (1, Hkv, group*T, all slots), the starting-token columns to be filled by
-        each layer (layer_mask)."""
-        ring_pos = self.pos if not self.inside_window else self.pos[:self.n_seen]
-        ring = additive(lambda_mask(positions, ring_pos, self.n_local),
-                        self.dtype).repeat(self.group, 1)                  # (group*T, R)
+        window (None for one token: it sees every key); else (1, Hkv, group*T, all slots), the
+        starting-token columns to be filled by each layer (layer_mask)."""
+        T = len(positions)
         if self.inside_window:
-            return ring  # the same for every head: broadcast
+            if T == 1:
+                return None
+            ring = additive(lambda_mask(positions, self.pos[:self.n_seen], self.n_local),
+                            self.dtype)
+            return ring.repeat(self.group, 1)  # (group*T, R), the same for every head
+        g = torch.arange(self.n_global, device=self.device)
+        start_pos = torch.where(g < self.n_seen, g + self.first, -1)      # -1: not seen yet
+        self.start_bias = additive(beyond_window(positions, start_pos, self.n_local),
+                                   self.score_dtype).repeat(self.group, 1)  # (group*T, G)
+        if T == 1 and self.decoding:
+            # One more decode step: the window moved by one token, so only two ring columns
+            # change: the token n_local back leaves it, the new one enters (same slot when
+            # the ring is exactly n_local long: enter last).
+            n = self.n_seen - 1                                            # the new token
+            self.mask[..., (n - self.n_local) % self.ring] = float("-inf")
+            self.mask[..., n % self.ring] = 0
+            return self.mask
         if not self._zeroed:
             self.keys[:, :, :, self.n_seen:self.ring].zero_()
             self.values[:, :, :, self.n_seen:self.ring].zero_()
             self._zeroed = True
-        mask = torch.full((1, self.n_kv_heads, ring.shape[0], self.keys.shape[3]),
+        ring = additive(lambda_mask(positions, self.pos, self.n_local), self.dtype)
+        mask = torch.full((1, self.n_kv_heads, self.group * T, self.keys.shape[3]),
                           float("-inf"), dtype=self.dtype, device=self.device)
-        mask[..., :self.ring] = ring
-        g = torch.arange(self.n_global, device=self.device)
-        start_pos = torch.where(g < self.n_seen, g + self.first, -1)      # -1: not seen yet
-        self.start_bias = additive(beyond_window(positions, start_pos, self.n_local),
-                                   self.dtype).repeat(self.group, 1)      # (group*T, G)
+        mask[..., :self.ring] = ring.repeat(self.group, 1)
+        self.decoding = T == 1
         return mask
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -170,8 +190,8 @@ class LambdaCache:
         self.values[layer].index_copy_(2, self.slots, v)
         if self.new_starts > 0:
             a, b = self.call_start, self.call_start + self.new_starts
-            self.start_keys[layer, :, :, a:b] = rope.rotate(k[:, :, :self.new_starts],
-                                                            self.cos_back[a:b], self.sin_back[a:b])
+            turned = rope.rotate(k[0, :, :self.new_starts], self.cos_back[a:b], self.sin_back[a:b])
+            self.start_keys[layer, :, :, a:b] = turned.transpose(1, 2) / math.sqrt(k.shape[-1])
             self.values[layer, :, :, self.ring + a:self.ring + b] = v[:, :, :self.new_starts]
 
     def layer_mask(self, layer: int, q: torch.Tensor) -> torch.Tensor:
@@ -179,8 +199,8 @@ class LambdaCache:
         (+ -inf where g is still in the row's window). q un-rotated."""
         R, G = self.ring, self.n_global
         if G:
-            self.mask[..., R:R + G] = scores(fold(q, self.n_kv_heads), self.start_keys[layer]) \
-                + self.start_bias
+            q = fold(q, self.n_kv_heads)[0].to(self.score_dtype)           # (Hkv, rows, hd)
+            self.mask[0, :, :, R:R + G] = torch.baddbmm(self.start_bias, q, self.start_keys[layer])
         return self.mask[..., :R + G]
 
 

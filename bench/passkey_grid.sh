@@ -17,8 +17,10 @@ PAPER="--n-global 10"   # the paper's setting; tinfinite's default is 64 startin
 
 run pk16out_top5 $OUTSIDE --top-k-middle 5
 run pk16out_g64 $OUTSIDE
+run pk16out_top5b64 $OUTSIDE --top-k-middle 5 --top-k-block 64
 run pk16in_top5 $IN --top-k-middle 5
 run pk16in_g10 $IN $PAPER
+run pk16in_top5b64 $IN --top-k-middle 5 --top-k-block 64
 run pk16in_top16 $IN --top-k-middle 16
 run pk16out_top16 $OUTSIDE --top-k-middle 16
 run pk16out_g10 $OUTSIDE $PAPER
@@ -28,3 +30,11 @@ run pk16in_g10top5 $IN $PAPER --top-k-middle 5
 run pk16out_g10top5 $OUTSIDE $PAPER --top-k-middle 5
 run pk16in_g10top16 $IN $PAPER --top-k-middle 16
 run pk16out_g10top16 $OUTSIDE $PAPER --top-k-middle 16
+
+# Block-level top-k against token-level where top-k is known to retrieve: 4K tokens, a 1K
+# window, keys beyond it, 16 questions.
+P4="passkey --lengths 4096 --trials 16 --seed 1 --n-local 1024"
+run pk4k16_top5 $P4 --top-k-middle 5
+run pk4k16_top5b64 $P4 --top-k-middle 5 --top-k-block 64
+run pk4k16_top5b16 $P4 --top-k-middle 5 --top-k-block 16
+run pk4k16_g64 $P4

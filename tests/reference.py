@@ -23,12 +23,18 @@ def visible(i: int, j: int, n_global: int, n_local: int) -> bool:
 
 def reference_logits(state: dict, cfg: dict, ids: list[int], n_global: int, n_local: int,
                      ceiling: int, inv_freq: torch.Tensor, top_k: int = 0, from_layer: int = 0,
-                     last_rows: set[int] = frozenset(), start_distance=None) -> torch.Tensor:
+                     last_rows: set[int] = frozenset(), start_distance=None,
+                     block: int = 0) -> torch.Tensor:
     """(T, vocab) float64 logits of every position of ids, under the Λ rule.
 
     Top-k middle attention: in layers >= from_layer, each query i in last_rows (the last row of
     each forward call) also attends, per head, to the top_k middle keys n_global <= j <=
     i - n_local with the highest score at distance n_local // 2, scored at that distance.
+
+    With block > 0 the picks come from fewer candidates: the middle's whole blocks of `block`
+    tokens (j // block the same) are scored by the mean of their tokens' scores, and only the
+    tokens of the 2 * top_k best blocks, and the middle tokens in no whole block, compete
+    (all of the middle while there are at most 2 * top_k whole blocks).
 
     start_distance(g): the distance a starting token g beyond the window is seen at, instead of
     the ceiling (the "spread" variant)."""
@@ -60,7 +66,18 @@ def reference_logits(state: dict, cfg: dict, ids: list[int], n_global: int, n_lo
                 if top_k and layer >= from_layer and i in last_rows and middle:
                     at = torch.tensor([n_local // 2] * len(middle))
                     qm = rope_rotate(q[i, head].expand(len(middle), hd), at, inv_freq)
-                    best = ((qm * k[middle, kv]).sum(-1)).topk(min(top_k, len(middle))).indices
+                    s = (qm * k[middle, kv]).sum(-1)                     # by token
+                    blocks = [b for b in range(middle[-1] // block + 1) if b * block >= n_global and
+                              (b + 1) * block <= middle[-1] + 1] if block else []
+                    if len(blocks) > 2 * top_k:
+                        of = {j: i for i, j in enumerate(middle)}
+                        mean = torch.stack([s[[of[j] for j in range(b * block, (b + 1) * block)]].mean()
+                                            for b in blocks])
+                        chosen = {blocks[b] for b in mean.topk(2 * top_k).indices.tolist()}
+                        keep = [i for i, j in enumerate(middle) if j // block in chosen or
+                                j // block not in blocks]
+                        s, middle = s[keep], [middle[i] for i in keep]
+                    best = s.topk(min(top_k, len(middle))).indices
                     js += [middle[b] for b in best.tolist()]
                     dist += [n_local // 2] * len(best)
                 dist = torch.tensor(dist)

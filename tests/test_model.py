@@ -21,7 +21,7 @@ UNBOUNDED = 10 ** 9
 
 
 def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False, top_k=0,
-        from_layer=4, start_distances="ceiling"):
+        from_layer=4, start_distances="ceiling", block=0):
     """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
 
     dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
@@ -31,7 +31,7 @@ def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=Fal
         cache = FullCache(model.cfg, **where)
     elif top_k:
         cache = TopKCache(model.cfg, top_k=top_k, from_layer=from_layer, n_global=n_global,
-                          n_local=n_local, start_distances=start_distances, **where)
+                          n_local=n_local, start_distances=start_distances, block=block, **where)
     else:
         cache = LambdaCache(model.cfg, n_global=n_global, n_local=n_local,
                             start_distances=start_distances, **where)
@@ -133,6 +133,31 @@ def test_top_k_middle_attention_equals_rule(tmp_path):
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, T=len(ids))
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
         assert not torch.allclose(got, plain, atol=1e-3), setting  # the picks do change rows
+
+
+def test_top_k_by_blocks_equals_its_rule(tmp_path):
+    """With blocks, the picks come from the tokens of each head's best blocks (by mean key) and
+    the middle tokens in no whole block; still the one rule, exactly."""
+    rng = random.Random(3)
+    differs = 0
+    for trial in range(6):
+        over = dict(num_key_value_heads=rng.choice([1, 2]))
+        folder = tmp_path / str(trial)
+        state = make_tiny_model(folder, seed=trial, **over)
+        model = load_model(folder, dtype=torch.float64)
+        n_global, n_local, chunk = rng.randint(0, 3), rng.randint(2, 5), rng.randint(1, 5)
+        top_k, block = rng.randint(1, 2), rng.randint(2, 4)
+        ids = [rng.randrange(96) for _ in range(rng.randint(40, 55))]
+        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
+                  from_layer=0, block=block)
+        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
+        args = (state, tiny_config(**over), ids, n_global, n_local, n_local,
+                inverse_frequencies(model.cfg), top_k, 0, last_rows)
+        want = reference_logits(*args, block=block)
+        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, block=block)
+        assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
+        differs += not torch.allclose(got, reference_logits(*args), atol=1e-6)
+    assert differs  # blocks do drop picks that token-level selection makes
 
 
 def test_spread_starting_tokens_equal_their_rule(tmp_path):

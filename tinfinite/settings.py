@@ -34,6 +34,7 @@ CHUNK_SIZE = 256
 # layer (from 0) up.
 TOP_K_MIDDLE = 0
 TOP_K_FROM_LAYER = 4
+TOP_K_BLOCK = 0     # top-k middle: 0 = score every middle token, N = blocks of N (topk.py)
 # Where a query sees the starting tokens beyond its window (cache.START_DISTANCES): the
 # paper's ceiling until a measurement says otherwise (docs/decisions.md).
 START_DISTANCES = ("ceiling", "spread")

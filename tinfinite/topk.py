@@ -5,7 +5,13 @@ LM-Infinite (§5.2) lets the *last* query row of each forward call also attend, 
 tokens nor in the window, n_global <= j <= i - n_local. They are scored, and seen, at the
 fixed distance n_local / 2. Choosing them needs every middle key, so this cache keeps every
 token's key (turned back by n_local / 2, as the ceiling's starting keys are: cache.py) and
-value, in a buffer that doubles as it fills: memory grows with the input (2 x layers x kv_heads x head_dim x dtype bytes per token). Opt-in, never the default.
+value, in a buffer that doubles as it fills: memory grows with the input (2 x layers x
+kv_heads x head_dim x dtype bytes per token). Opt-in, never the default.
+
+Scoring every middle key costs time that grows with the input too. With block > 0 (after
+InfLLM, Xiao et al. 2024) the middle is cut into blocks of `block` tokens, each represented by
+the mean of its keys; a query head scores the representatives, then only the tokens of its
+BLOCKS_PER_PICK x k best blocks (and the few middle tokens in no whole block) compete.
 
 The picks reach SDPA the way the starting tokens do (cache.py): extra slots hold their values
 and zero keys, and their scores go into the mask, each query head's picks in its own block of
@@ -20,33 +26,18 @@ from tinfinite.attention import fold, scores
 from tinfinite.cache import LambdaCache, grown
 from tinfinite.config import ModelConfig
 
-
-def top_k_middle(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, k: int):
-    """Each query head's k best middle keys: their scores (B, Hkv, group, k') and values
-    (B, Hkv, group, k', hd), k' = min(k, M).
-
-    q: (B, Hkv, group, hd) the call's last row, folded, un-rotated; keys, values:
-    (B, Hkv, M, hd) the middle keys turned back by n_local / 2, and their values, or
-    (B, Hkv, group, M, hd): candidates of each query head's own (blocks, below)."""
-    if keys.dim() == 4:
-        s = scores(q, keys)                                             # (B, Hkv, group, M)
-        values = values[:, :, None]                                     # shared by the group
-    else:
-        s = (q[..., None, :] @ keys.transpose(-1, -2)).squeeze(-2) / math.sqrt(q.shape[-1])
-    top, idx = s.topk(min(k, s.shape[-1]), dim=-1)                      # (B, Hkv, group, k')
-    idx = idx[..., None].expand(*idx.shape, values.shape[-1])
-    return top, values.expand(*s.shape, -1).gather(3, idx)
-
-
-def best_blocks(q: torch.Tensor, block_keys: torch.Tensor, n: int) -> torch.Tensor:
-    """Each query head's n best blocks by their representative (mean) key: (B, Hkv, group, n')
-    block numbers, n' = min(n, blocks). q: (B, Hkv, group, hd); block_keys: (B, Hkv, N, hd)."""
-    s = scores(q, block_keys)                                           # (B, Hkv, group, N)
-    return s.topk(min(n, s.shape[-1]), dim=-1).indices
-
-
-# With blocks, a query looks inside this many best blocks per pick (2 x top_k blocks).
+# With blocks, each query head looks inside its BLOCKS_PER_PICK * top_k best blocks.
 BLOCKS_PER_PICK = 2
+
+
+def rows(t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Gather tokens' rows per key head: t (1, Hkv, N, hd), tokens (1, Hkv, ...) token numbers
+    -> (1, Hkv, ..., hd). One index_select over the flattened heads (gather, on these shapes,
+    was 4x slower)."""
+    Hkv, N = t.shape[1], t.shape[2]
+    head = torch.arange(Hkv, device=tokens.device).view(1, Hkv, *[1] * (tokens.dim() - 2))
+    flat = (tokens + head * N).flatten()
+    return t.reshape(Hkv * N, -1).index_select(0, flat).view(*tokens.shape, -1)
 
 
 class TopKCache(LambdaCache):
@@ -59,26 +50,21 @@ class TopKCache(LambdaCache):
         super().__init__(cfg, n_global=n_global, n_local=n_local, max_chunk=max_chunk,
                          dtype=dtype, device=device, start_distances=start_distances,
                          extra_slots=group * top_k)
-        self.top_k, self.from_layer = top_k, from_layer
+        self.top_k, self.from_layer, self.block = top_k, from_layer, block
         # Every token's key turned back by n_local / 2, and value: (L, B, Hkv, capacity, hd),
-        # doubling.
+        # doubling; with blocks, each whole block's mean key: (L, B, Hkv, blocks, hd).
         self.every_key = torch.empty((cfg.n_layers, 1, cfg.n_kv_heads, 2 * max_chunk, cfg.head_dim),
                                      dtype=dtype, device=device)
         self.every_value = torch.empty_like(self.every_key)
+        self.block_keys = torch.empty_like(self.every_key[:, :, :, :1])
         self.cos_middle, self.sin_middle = self.turn_back(torch.tensor([n_local // 2]))
-        # block > 0: the middle is also cut into blocks of `block` tokens, each represented by
-        # its mean key (L, B, Hkv, blocks, hd); a query scores those, then only the tokens of
-        # its BLOCKS_PER_PICK * top_k best blocks (best_blocks above).
-        self.block = block
-        self.block_keys = torch.empty((cfg.n_layers, 1, cfg.n_kv_heads, 1, cfg.head_dim),
-                                      dtype=dtype, device=device)
 
     def begin(self, T: int) -> torch.Tensor:
         if self.n_seen + T > self.every_key.shape[3]:
             self.every_key = grown(self.every_key, self.n_seen + T)
             self.every_value = grown(self.every_value, self.n_seen + T)
-        if self.block and (self.n_seen + T) // self.block >= self.block_keys.shape[3]:
-            self.block_keys = grown(self.block_keys, (self.n_seen + T) // self.block + 1)
+        if self.block and (self.n_seen + T) // self.block > self.block_keys.shape[3]:
+            self.block_keys = grown(self.block_keys, (self.n_seen + T) // self.block)
         positions = super().begin(T)
         # The last row (token n_seen - 1) has middle tokens n_global .. n_seen - 1 - n_local.
         self.middle_end = self.n_seen - self.n_local
@@ -100,33 +86,31 @@ class TopKCache(LambdaCache):
         if layer < self.from_layer or self.middle_end <= self.n_global:
             return mask
         # The last row's picks, at n_local / 2, each head in its own block of top_k slots.
-        top, values = top_k_middle(fold(q[:, :, -1:], self.n_kv_heads),
-                                   *self.candidates(layer, q), self.top_k)
-        start = self.ring + self.n_global
-        picks = self.values[layer, :, :, start:].unflatten(2, (self.group, self.top_k))
-        picks[:, :, :, :top.shape[-1]] = values
+        top, tokens = self.picks(layer, fold(q[:, :, -1:], self.n_kv_heads))
+        start, k = self.ring + self.n_global, top.shape[-1]
+        slots = self.values[layer, :, :, start:].unflatten(2, (self.group, self.top_k))
+        slots[:, :, :, :k] = rows(self.every_value[layer], tokens)
         T = q.shape[2]
         blocks = self.mask[..., start:].unflatten(2, (self.group, T)).unflatten(-1, (self.group, self.top_k))
         for g in range(self.group):  # row (head g, last t) sees block g only
-            blocks[:, :, g, -1, g, :top.shape[-1]] = top[:, :, g]
+            blocks[:, :, g, -1, g, :k] = top[:, :, g]
         return self.mask
 
-    def candidates(self, layer: int, q: torch.Tensor):
-        """The middle keys and values the last row chooses from: all of them, (B, Hkv, M, hd);
-        with blocks, each query head's own, (B, Hkv, group, C, hd): the tokens of its best
-        blocks, plus the few middle tokens in no whole block (at either end)."""
+    def picks(self, layer: int, q: torch.Tensor):
+        """Each query head's top_k middle tokens for the last row: their scores and token
+        numbers, (B, Hkv, group, k'), k' <= top_k. q: (B, Hkv, group, hd), un-rotated."""
         G, E, n = self.n_global, self.middle_end, self.block
-        first, last = -(-G // n) if n else 0, E // n if n else 0          # whole blocks
-        if not n or (last - first) <= BLOCKS_PER_PICK * self.top_k:
-            middle = slice(G, E)
-            return self.every_key[layer, :, :, middle], self.every_value[layer, :, :, middle]
-        best = best_blocks(fold(q[:, :, -1:], self.n_kv_heads),
-                           self.block_keys[layer, :, :, first:last], BLOCKS_PER_PICK * self.top_k)
-        tokens = ((best + first)[..., None] * n + torch.arange(n, device=best.device)).flatten(-2)
+        first, last = (-(-G // n), E // n) if n else (0, 0)                 # whole blocks
+        if last - first <= BLOCKS_PER_PICK * self.top_k:                    # (always: no blocks)
+            s = scores(q, self.every_key[layer, :, :, G:E])                 # (B, Hkv, group, M)
+            top, idx = s.topk(min(self.top_k, E - G), dim=-1)
+            return top, idx + G
+        best = scores(q, self.block_keys[layer, :, :, first:last]).topk(
+            BLOCKS_PER_PICK * self.top_k, dim=-1).indices + first           # (B, Hkv, group, nb)
+        tokens = (best[..., None] * n + torch.arange(n, device=best.device)).flatten(-2)
         ends = torch.cat([torch.arange(G, first * n), torch.arange(last * n, E)]).to(best.device)
-        idx = torch.cat([tokens, ends.expand(*tokens.shape[:-1], -1)], dim=-1)  # (B, Hkv, group, C)
-
-        def take(t):  # t (B, Hkv, N, hd) -> (B, Hkv, group, C, hd)
-            flat = idx.flatten(2)[..., None].expand(-1, -1, -1, t.shape[-1])
-            return t.gather(2, flat).unflatten(2, idx.shape[2:])
-        return take(self.every_key[layer]), take(self.every_value[layer])
+        tokens = torch.cat([tokens, ends.expand(*tokens.shape[:-1], -1)], dim=-1)  # (.., C)
+        keys = rows(self.every_key[layer], tokens)                          # (B, Hkv, group, C, hd)
+        s = (keys @ q[..., None]).squeeze(-1) / math.sqrt(q.shape[-1])      # (B, Hkv, group, C)
+        top, idx = s.topk(self.top_k, dim=-1)
+        return top, tokens.gather(-1, idx)

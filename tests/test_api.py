@@ -6,6 +6,7 @@ that cannot fit in memory is refused before it allocates. Tiny random models (te
 import gc
 import inspect
 import math
+import shutil
 import threading
 import time
 
@@ -62,6 +63,14 @@ def refused(call, message: str, param: str):
     (dict(attention="full", top_k_middle=2), "attention='full' sees every token", "attention"),
     (dict(start_distances="far"), "start_distances='far': choose one of ceiling, spread",
      "start_distances"),
+    (dict(top_k_block=16), "top_k_block=16: applies to top_k_middle's picks", "top_k_block"),
+    (dict(top_k_block=-1, top_k_middle=2), "top_k_block=-1: must be an integer >= 0",
+     "top_k_block"),
+    (dict(top_k_offload="/no/such/folder", top_k_middle=2),
+     "top_k_offload='/no/such/folder': not a folder this process can write into",
+     "top_k_offload"),
+    (dict(top_k_offload=3, top_k_middle=2), "top_k_offload=3: must be a folder path",
+     "top_k_offload"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_engine_refuses_a_bad_setting_naming_it(llm, options, message, param):
     refused(lambda: Engine(llm.model, llm.tokenizer, **options), message, param)
@@ -231,7 +240,8 @@ def test_cli_defaults_are_the_api_defaults(argv):
     # passkey's --seed picks its questions (default 0), not a generation's sampling
     shared = [name for name in a if name in api and (name, argv[0]) != ("seed", "passkey")]
     assert {"dtype", "device", "quantize", "attention", "n_local", "n_global", "chunk_size",
-            "top_k_middle", "top_k_from_layer", "start_distances"} <= set(shared)
+            "top_k_middle", "top_k_from_layer", "top_k_block", "top_k_offload",
+            "start_distances"} <= set(shared)
     for name in shared:
         assert list(a[name]) == list(api[name]) if name == "stop" else a[name] == api[name], name
         assert name in cli.PARAMS, name  # its errors are said with its flag
@@ -446,3 +456,15 @@ def test_full_attention_with_a_long_input_is_refused(llm, monkeypatch):
     engine = Engine(llm.model, llm.tokenizer, attention="full", chunk_size=8)
     refused(lambda: engine.perplexity([5] * 10**6),
             "attention='full', chunk_size=8 for 1000000 tokens: the run needs", "attention")
+
+
+def test_offloaded_top_k_needs_disk_not_memory(llm, tmp_path, monkeypatch):
+    """With top_k_offload the growing keys and values are counted against the folder's free
+    space, and a run they would not fit in is refused before it starts."""
+    engine = Engine(llm.model, llm.tokenizer, n_local=24, chunk_size=8, top_k_middle=2,
+                    top_k_offload=str(tmp_path))
+    engine.perplexity(list(range(100)))  # fits
+    full = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full._replace(free=1000))
+    refused(lambda: engine.perplexity(list(range(100))),
+            f"top_k_offload={str(tmp_path)!r}: 100 tokens need", "top_k_offload")

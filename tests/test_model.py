@@ -160,6 +160,26 @@ def test_top_k_by_blocks_equals_its_rule(tmp_path):
     assert differs  # blocks do drop picks that token-level selection makes
 
 
+def test_offloaded_top_k_computes_the_same_and_leaves_no_file(tmp_path):
+    """Keys and values memory-mapped from a file compute what RAM does; the file is gone the
+    moment it is mapped."""
+    make_tiny_model(tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    ids = [random.Random(4).randrange(96) for _ in range(90)]  # the buffers grow 4 times
+    (tmp_path / "kv").mkdir()
+    where = dict(top_k=2, from_layer=0, n_global=2, n_local=8, max_chunk=5, block=3)
+    in_ram, on_disk = TopKCache(model.cfg, **where), TopKCache(model.cfg, offload=str(tmp_path / "kv"), **where)
+    for cache in (in_ram, on_disk):
+        cache.reset()
+    x = torch.tensor([ids])
+    for s in range(0, len(ids), 5):
+        a = model(x[:, s:s + 5], in_ram, last_only=False)
+        b = model(x[:, s:s + 5], on_disk, last_only=False)
+        assert torch.equal(a, b)
+    assert on_disk.every_key.shape[3] >= 90 and list((tmp_path / "kv").iterdir()) == []
+    assert on_disk.every_key.untyped_storage().filename is not None
+
+
 def test_spread_starting_tokens_equal_their_rule(tmp_path):
     """start_distances="spread": a starting token g beyond the window is seen at distance
     n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling."""

@@ -226,11 +226,13 @@ class FullCache(LambdaCache):
         return super().begin(T)
 
 
-def grown(t: torch.Tensor, needed: int) -> torch.Tensor:
-    """t (L, B, H, N, hd) copied into a buffer of at least `needed` slots (doubling)."""
+def grown(t: torch.Tensor, needed: int, empty=None) -> torch.Tensor:
+    """t (L, B, H, N, hd) copied into a buffer of at least `needed` slots (doubling), made by
+    empty(shape) (default: in t's memory)."""
     n = t.shape[3]
     while n < needed:
         n *= 2
-    new = t.new_empty(*t.shape[:3], n, t.shape[4])
+    shape = (*t.shape[:3], n, t.shape[4])
+    new = empty(shape) if empty else t.new_empty(shape)
     new[:, :, :, :t.shape[3]] = t
     return new

@@ -63,6 +63,10 @@ def model_flags(p: argparse.ArgumentParser):
                         "block's mean key, then the tokens of the best 2 x K blocks only "
                         "(faster on long inputs; memory as --top-k-middle). 0 (default): "
                         "score every middle token")
+    p.add_argument("--top-k-offload", metavar="DIR",
+                   help="keep --top-k-middle's growing keys and values in a file in DIR, "
+                        "memory-mapped, instead of RAM (for inputs larger than RAM; best with "
+                        "--top-k-block). The file is removed at once and needs no cleaning")
     p.add_argument("--start-distances", default=settings.START_DISTANCE,
                    choices=settings.START_DISTANCES,
                    help="where a query sees the starting tokens beyond its window: ceiling "
@@ -173,6 +177,7 @@ def load_engine(a):
                        n_global=a.n_global, n_local=a.n_local, attention=a.attention,
                        chunk_size=a.chunk_size, top_k_middle=a.top_k_middle,
                        top_k_from_layer=a.top_k_from_layer, top_k_block=a.top_k_block,
+                       top_k_offload=a.top_k_offload,
                        threads=a.threads,
                        start_distances=a.start_distances)
 
@@ -314,7 +319,7 @@ def peak_rss_mb() -> float:
 # is not "--" + the name with "-" for "_".
 PARAMS = ("model_dir", "dtype", "device", "quantize", "threads", "attention", "n_local",
           "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "top_k_block",
-          "start_distances",
+          "top_k_offload", "start_distances",
           "prompt", "chat",
           "system", "stop", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
           "ignore_eos")

@@ -101,7 +101,8 @@ class Engine:
     max_position_embeddings); n_global: starting tokens (lambda only, default 64);
     chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
     (memory grows with the input), top_k_block: choose its picks by blocks of that many
-    tokens (faster on long inputs; topk.py); start_distances: "ceiling" (the paper) or "spread", where
+    tokens (faster on long inputs; topk.py), top_k_offload: a folder where the growing keys
+    and values live, memory-mapped, instead of RAM; start_distances: "ceiling" (the paper) or "spread", where
     a query sees the starting tokens beyond its window (cache.START_DISTANCES).
     Defaults: settings.py. A bad argument, here or in any call, raises UserError with a
     one-line message naming the parameter; so does a run that would not fit in memory, before
@@ -121,6 +122,7 @@ class Engine:
                  top_k_middle: int = settings.TOP_K_MIDDLE,
                  top_k_from_layer: int = settings.TOP_K_FROM_LAYER,
                  top_k_block: int = settings.TOP_K_BLOCK,
+                 top_k_offload: str | None = None,
                  start_distances: str = settings.START_DISTANCE):
         settings.choice("attention", attention, settings.ATTENTIONS)
         settings.choice("start_distances", start_distances, settings.START_DISTANCES)
@@ -130,9 +132,14 @@ class Engine:
         top_k_middle = settings.integer("top_k_middle", top_k_middle)
         top_k_from_layer = settings.integer("top_k_from_layer", top_k_from_layer)
         top_k_block = settings.integer("top_k_block", top_k_block)
-        if top_k_block and not top_k_middle:
-            raise UserError(f"top_k_block={top_k_block}: blocks are a way to choose the "
-                            f"top_k_middle picks; set top_k_middle too", "top_k_block")
+        top_k_offload = settings.writable_folder("top_k_offload", top_k_offload)
+        for name, value in (("top_k_block", top_k_block), ("top_k_offload", top_k_offload)):
+            if value and not top_k_middle:
+                raise UserError(f"{name}={settings.shown(value)}: applies to top_k_middle's "
+                                f"picks; set top_k_middle too", name)
+        if top_k_offload and model.embed_tokens.weight.device.type != "cpu":
+            raise UserError(f"top_k_offload={top_k_offload!r}: maps files into CPU memory; "
+                            f"use device='cpu'", "top_k_offload")
         if attention != "lambda" and n_global:
             raise UserError(f"n_global={n_global}: attention={attention!r} has no starting "
                             f"tokens", "n_global")
@@ -148,7 +155,7 @@ class Engine:
         self.chunk_size = chunk_size
         # Opt-in retrieval variant (docs/design.md §2): keeps every token's key and value.
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
-        self.top_k_block = top_k_block
+        self.top_k_block, self.top_k_offload = top_k_block, top_k_offload
         self.start_distances = start_distances
         self.stats = Stats()
         self._cache: LambdaCache | None = None
@@ -162,7 +169,8 @@ class Engine:
              device: str = settings.DEVICE, quantize: str | None = None,
              threads: int | None = settings.THREADS, **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
-        top_k_middle, top_k_from_layer, top_k_block, start_distances (see Engine).
+        top_k_middle, top_k_from_layer, top_k_block, top_k_offload, start_distances (see
+        Engine).
 
         dtype: "auto" (default) is the checkpoint's own dtype (config.json's torch_dtype)
         where the device computes in it natively, else float32: bfloat16 on a CPU with
@@ -209,7 +217,8 @@ class Engine:
             window = dict(n_global=self.n_global, n_local=self.n_local,
                           start_distances=self.start_distances, **where)
             self._cache = TopKCache(cfg, top_k=self.top_k_middle, from_layer=self.top_k_from_layer,
-                                    block=self.top_k_block, **window) \
+                                    block=self.top_k_block, offload=self.top_k_offload,
+                                    **window) \
                 if self.top_k_middle else LambdaCache(cfg, **window)
         return self._cache
 
@@ -251,6 +260,8 @@ class Engine:
                                 tokens=tokens)
         used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
                     chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)
+        if self.top_k_offload:  # the growing keys and values go to disk, not RAM
+            memory.check_disk(need.pop("top-k keys/values"), self.top_k_offload, tokens)
         memory.check(need, memory.held_bytes(self._cache), w.device, used, tokens)
 
     # --- the calls -----------------------------------------------------------------------------

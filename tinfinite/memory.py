@@ -17,6 +17,7 @@ key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes)
 The growing buffers are counted for the input's length when a call knows it (prefill,
 perplexity); a decode step's one token is not checked.
 """
+import shutil
 from pathlib import Path
 
 import torch
@@ -90,6 +91,15 @@ def check(need: dict, held: int, device: torch.device, settings: dict, tokens: i
                     f"is free; use {advice}", causes[0])
 
 
+def check_disk(need: int, folder: str, tokens: int):
+    """Refuse a top-k run whose offloaded keys and values (`need` bytes) would not fit in
+    the free space of `folder`."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(f"top_k_offload={folder!r}: {tokens} tokens need {gib(need)} of keys "
+                        f"and values there, but only {gib(free)} is free", "top_k_offload")
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
 
@@ -98,8 +108,9 @@ def held_bytes(cache) -> int:
     """Bytes of the tensors a cache object holds (None: nothing yet)."""
     if cache is None:
         return 0
-    return sum(t.numel() * t.element_size() for t in vars(cache).values()
-               if isinstance(t, torch.Tensor))
+    offloaded = ("every_key", "every_value") if getattr(cache, "offload", None) else ()
+    return sum(t.numel() * t.element_size() for name, t in vars(cache).items()
+               if isinstance(t, torch.Tensor) and name not in offloaded)
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -10,6 +10,7 @@ A bad value raises UserError naming the parameter as Python spells it,
 and the command line names its flag instead (`--n-global -3: ...`; cli.flag_message).
 """
 import math
+import os
 from numbers import Integral, Real
 
 import torch
@@ -95,6 +96,18 @@ def string(name: str, value, none_ok: bool = False):
     if not isinstance(value, str):
         raise UserError(f"{name}={shown(value)}: must be a string", name)
     return value
+
+
+def writable_folder(name: str, value) -> str | None:
+    """None, or the path of an existing folder this process may write into."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"{name}={shown(value)}: must be a folder path", name)
+    if not os.path.isdir(value) or not os.access(value, os.W_OK | os.X_OK):
+        raise UserError(f"{name}={shown(str(value))}: not a folder this process can write "
+                        f"into", name)
+    return str(value)
 
 
 def choice(name: str, value, choices: tuple):

@@ -12,12 +12,17 @@ Scoring every middle key costs time that grows with the input too. With block > 
 InfLLM, Xiao et al. 2024) the middle is cut into blocks of `block` tokens, each represented by
 the mean of its keys; a query head scores the representatives, then only the tokens of its
 BLOCKS_PER_PICK x k best blocks (and the few middle tokens in no whole block) compete.
+With offload (a folder), every token's keys and values live in a file there, memory-mapped:
+RAM keeps the window and the block keys, and the OS pages in what a step reads (with blocks,
+a few blocks per head), so an input larger than RAM fits.
 
 The picks reach SDPA the way the starting tokens do (cache.py): extra slots hold their values
 and zero keys, and their scores go into the mask, each query head's picks in its own block of
 `top_k` columns, visible to that head's last row only.
 """
 import math
+import os
+import tempfile
 
 import torch
 
@@ -45,30 +50,43 @@ class TopKCache(LambdaCache):
 
     def __init__(self, cfg: ModelConfig, *, top_k: int, from_layer: int, n_global: int,
                  n_local: int, max_chunk: int, dtype=torch.float32, device="cpu",
-                 start_distances: str = "ceiling", block: int = 0):
+                 start_distances: str = "ceiling", block: int = 0, offload: str | None = None):
         group = cfg.n_heads // cfg.n_kv_heads
         super().__init__(cfg, n_global=n_global, n_local=n_local, max_chunk=max_chunk,
                          dtype=dtype, device=device, start_distances=start_distances,
                          extra_slots=group * top_k)
-        self.top_k, self.from_layer, self.block = top_k, from_layer, block
+        self.top_k, self.from_layer, self.block, self.offload = top_k, from_layer, block, offload
         # Every token's key turned back by n_local / 2, and value: (L, B, Hkv, capacity, hd),
         # doubling; with blocks, each whole block's mean key: (L, B, Hkv, blocks, hd).
-        self.every_key = torch.empty((cfg.n_layers, 1, cfg.n_kv_heads, 2 * max_chunk, cfg.head_dim),
-                                     dtype=dtype, device=device)
-        self.every_value = torch.empty_like(self.every_key)
-        self.block_keys = torch.empty_like(self.every_key[:, :, :, :1])
+        shape = (cfg.n_layers, 1, cfg.n_kv_heads, 2 * max_chunk, cfg.head_dim)
+        self.every_key, self.every_value = self.every_buffer(shape), self.every_buffer(shape)
+        self.block_keys = torch.empty(shape[:3] + (1, shape[4]), dtype=dtype, device=device)
         self.cos_middle, self.sin_middle = self.turn_back(torch.tensor([n_local // 2]))
 
     def begin(self, T: int) -> torch.Tensor:
         if self.n_seen + T > self.every_key.shape[3]:
-            self.every_key = grown(self.every_key, self.n_seen + T)
-            self.every_value = grown(self.every_value, self.n_seen + T)
+            self.every_key = grown(self.every_key, self.n_seen + T, self.every_buffer)
+            self.every_value = grown(self.every_value, self.n_seen + T, self.every_buffer)
         if self.block and (self.n_seen + T) // self.block > self.block_keys.shape[3]:
             self.block_keys = grown(self.block_keys, (self.n_seen + T) // self.block)
         positions = super().begin(T)
         # The last row (token n_seen - 1) has middle tokens n_global .. n_seen - 1 - n_local.
         self.middle_end = self.n_seen - self.n_local
         return positions
+
+    def every_buffer(self, shape: tuple) -> torch.Tensor:
+        """An empty buffer for every token's keys or values: in RAM, or with offload in a new
+        file in that folder, memory-mapped. The file is removed at once: the mapping keeps its
+        space until the buffer is freed, and nothing is left behind if the process dies."""
+        if not self.offload:
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        fd, path = tempfile.mkstemp(prefix="tinfinite-topk-", dir=self.offload)
+        os.close(fd)
+        try:
+            return torch.from_file(path, shared=True, size=math.prod(shape),
+                                   dtype=self.dtype).view(shape)
+        finally:
+            os.unlink(path)
 
     def store(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         super().store(layer, k, k_rot, v)

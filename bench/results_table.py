@@ -149,10 +149,89 @@ def start_distances_table():
               f"{', '.join(map(str, found)) or '—'} |")
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate k/n (sensible for small n and k = 0 or n)."""
+    if not n:
+        return 0.0, 1.0
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+# bench/passkey_grid.sh: (label, result name without its band prefix); bands: keys inside the
+# window (pk16in_*, seed 11; the ceiling and truncation runs are the sd_pk16_* ones, same
+# questions) and beyond it (pk16out_*, seed 12).
+GRID = [("the paper: 10 starting tokens", "g10"), ("tinfinite's default: 64", "g64"),
+        ("64 + top-k 5", "top5"), ("64 + top-k 5, blocks of 64", "top5b64"),
+        ("64 + top-k 16", "top16"), ("10 + top-k 5", "g10top5"), ("10 + top-k 16", "g10top16"),
+        ("64, start distances spread", "spread"), ("truncated to the window", "truncate"),
+        ("full attention", "full")]
+SAME_QUESTIONS = {"pk16in_g64": "sd_pk16_ceiling", "pk16in_spread": "sd_pk16_spread",
+                  "pk16in_truncate": "sd_pk16_truncate"}
+
+
+def grid_run(band: str, mode: str):
+    name = f"pk16{band}_{mode}"
+    return load(name) or load(SAME_QUESTIONS.get(name, name))
+
+
+def passkey_grid():
+    """[(label, band, found, asked, distances found)] of every grid run that exists."""
+    rows = []
+    for label, mode in GRID:
+        for band in ("in", "out"):
+            r = grid_run(band, mode)
+            if r:
+                ok = sorted(t["key_distance"] for t in r["trials"] if t["correct"])
+                rows.append((label, band, len(ok), len(r["trials"]), ok))
+    return rows
+
+
+def passkey_grid_table():
+    print("| mode | keys 1.9K-6.5K back (inside the window) | keys 9.0K-14.9K back (beyond it) "
+          "| keys found (tokens back) |")
+    print("| --- | ---: | ---: | --- |")
+    rows = passkey_grid()
+    for label, _ in GRID:
+        cells, found = [], []
+        for band in ("in", "out"):
+            hit = [r for r in rows if r[0] == label and r[1] == band]
+            if hit:
+                _, _, k, n, ok = hit[0]
+                lo, hi = wilson(k, n)
+                cells.append(f"{k}/{n} ({lo:.0%}-{hi:.0%})")
+                found += ok
+            else:
+                cells.append("not run" if (band, label) != ("out", "truncated to the window")
+                             else "0 (cannot see them)")
+        if any(c[0].isdigit() and "/" in c for c in cells):
+            print(f"| {label} | {cells[0]} | {cells[1]} | "
+                  f"{', '.join(map(str, sorted(found))) or '—'} |")
+
+
+def topk_scale_table():
+    """bench/topk_scale.py's JSON lines: step time and memory of top-k as the input grows."""
+    rows = [json.loads(x) for f in sorted(R.glob("topk-scale-*.jsonl"))
+            for x in f.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "skipped" not in r]
+    print("| tokens | setting | ms per decode step | resident (anonymous) MB | top-k keys and "
+          "values |")
+    print("| ---: | --- | ---: | ---: | --- |")
+    for r in rows:
+        what = ("plain Λ" if not r["top_k_middle"] else
+                f"top-k 5, {'blocks of ' + str(r['top_k_block']) if r['top_k_block'] else 'every token'}"
+                + (", offloaded" if r.get("offload") else ""))
+        where = "—" if not r["top_k_middle"] else \
+            f"{r['topk_buffers_mb'] / 1024:.1f} GB {'on disk' if r.get('offload') else 'in RAM'}"
+        print(f"| {r['tokens']:,} | {what} | {r['step_ms']:.0f} | {r['rss_anon_mb']:,} | {where} |")
+
+
 if __name__ == "__main__":
     for title, table in (("Perplexity", perplexity_table), ("Passkey", passkey_tables),
                          ("Starting tokens", n_global_table), ("1M tokens", million_table),
-                         ("Start distances", start_distances_table)):
+                         ("Start distances", start_distances_table),
+                         ("Passkey by mode, 16K", passkey_grid_table),
+                         ("Top-k at scale", topk_scale_table)):
         print(f"### {title}\n")
         table()
         print()

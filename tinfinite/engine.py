@@ -261,7 +261,9 @@ class Engine:
         used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
                     chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)
         if self.top_k_offload:  # the growing keys and values go to disk, not RAM
-            memory.check_disk(need.pop("top-k keys/values"), self.top_k_offload, tokens)
+            memory.check_disk(need.pop("top-k keys/values"),
+                              memory.held_bytes(self._cache, on_disk=True), self.top_k_offload,
+                              tokens)
         memory.check(need, memory.held_bytes(self._cache), w.device, used, tokens)
 
     # --- the calls -----------------------------------------------------------------------------

@@ -91,10 +91,10 @@ def check(need: dict, held: int, device: torch.device, settings: dict, tokens: i
                     f"is free; use {advice}", causes[0])
 
 
-def check_disk(need: int, folder: str, tokens: int):
+def check_disk(need: int, held: int, folder: str, tokens: int):
     """Refuse a top-k run whose offloaded keys and values (`need` bytes) would not fit in
-    the free space of `folder`."""
-    free = shutil.disk_usage(folder).free
+    the free space of `folder` plus what the engine's files there already `held`."""
+    free = shutil.disk_usage(folder).free + held
     if need > free:
         raise UserError(f"top_k_offload={folder!r}: {tokens} tokens need {gib(need)} of keys "
                         f"and values there, but only {gib(free)} is free", "top_k_offload")
@@ -104,13 +104,14 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def held_bytes(cache) -> int:
-    """Bytes of the tensors a cache object holds (None: nothing yet)."""
+def held_bytes(cache, on_disk: bool = False) -> int:
+    """Bytes of the tensors a cache object holds in memory (None: nothing yet); on_disk: of
+    those it keeps in files instead (top-k offload)."""
     if cache is None:
         return 0
     offloaded = ("every_key", "every_value") if getattr(cache, "offload", None) else ()
     return sum(t.numel() * t.element_size() for name, t in vars(cache).items()
-               if isinstance(t, torch.Tensor) and name not in offloaded)
+               if isinstance(t, torch.Tensor) and (name in offloaded) == on_disk)
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -43,7 +43,11 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if rows.shape[0] > GEMM_ROWS or not has_int8_kernel(x.device.type):
-            y = F.linear(rows, self.weight.to(torch.bfloat16) * self.scale[:, None])
+            # Dequantised a block of weight rows at a time: never a bfloat16 copy of a whole
+            # matrix (the LM head's would be 57 MB for the default model).
+            step = max(1, QUANTIZE_ELEMENTS // self.weight.shape[1])
+            y = torch.cat([F.linear(rows, torch.mul(self.weight[a:a + step], self.scale[a:a + step, None]))
+                           for a in range(0, len(self.weight), step)], dim=-1)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
         return y.view(*shape[:-1], -1).to(x.dtype)

@@ -209,6 +209,27 @@ def passkey_grid_table():
                   f"{', '.join(map(str, sorted(found))) or '—'} |")
 
 
+def blocks_table():
+    """Block-level against token-level top-k where top-k retrieves: 4K tokens, 1K window."""
+    print("| setting | keys found | 95% interval | beyond the window | keys missed (tokens back) |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, label in (("pk4k16_g64", "Λ (64 starting tokens)"),
+                        ("pk4k16_top5", "+ top-k 5, every middle token"),
+                        ("pk4k16_top5b64", "+ top-k 5, blocks of 64"),
+                        ("pk4k16_top5b16", "+ top-k 5, blocks of 16")):
+        r = load(name)
+        if not r:
+            continue
+        t = r["trials"]
+        k, n = sum(x["correct"] for x in t), len(t)
+        lo, hi = wilson(k, n)
+        far = [x for x in t if not x["key_in_window"]]
+        missed = sorted(x["key_distance"] for x in t if not x["correct"])
+        print(f"| {label} | {k}/{n} | {lo:.0%}-{hi:.0%} | "
+              f"{sum(x['correct'] for x in far)}/{len(far)} | "
+              f"{', '.join(map(str, missed)) or '—'} |")
+
+
 def topk_scale_table():
     """bench/topk_scale.py's JSON lines: step time and memory of top-k as the input grows."""
     rows = [json.loads(x) for f in sorted(R.glob("topk-scale-*.jsonl"))
@@ -231,6 +252,7 @@ if __name__ == "__main__":
                          ("Starting tokens", n_global_table), ("1M tokens", million_table),
                          ("Start distances", start_distances_table),
                          ("Passkey by mode, 16K", passkey_grid_table),
+                         ("Top-k by blocks, 4K", blocks_table),
                          ("Top-k at scale", topk_scale_table)):
         print(f"### {title}\n")
         table()

@@ -101,7 +101,8 @@ def test_decode_steps_update_the_mask_in_place(tmp_path):
             if x.shape[1] == 1 and not cache.inside_window:
                 here = cache.pos[(cache.n_seen - 1) % cache.ring]
                 ring = additive(lambda_mask(here[None], cache.pos, n_local), torch.float64)
-                assert torch.equal(cache.mask[0, :, :, :cache.ring], ring.expand(cache.mask.shape[1:3] + ring.shape[-1:]))
+                rows = cache.mask[0, :, :, :cache.ring]                   # (Hkv, group, ring)
+                assert torch.equal(rows, ring.expand_as(rows))
                 if previous is not None:
                     assert cache.mask.data_ptr() == previous  # the same buffer, updated
                 previous = cache.mask.data_ptr()
@@ -168,7 +169,8 @@ def test_offloaded_top_k_computes_the_same_and_leaves_no_file(tmp_path):
     ids = [random.Random(4).randrange(96) for _ in range(90)]  # the buffers grow 4 times
     (tmp_path / "kv").mkdir()
     where = dict(top_k=2, from_layer=0, n_global=2, n_local=8, max_chunk=5, block=3)
-    in_ram, on_disk = TopKCache(model.cfg, **where), TopKCache(model.cfg, offload=str(tmp_path / "kv"), **where)
+    in_ram = TopKCache(model.cfg, **where)
+    on_disk = TopKCache(model.cfg, offload=str(tmp_path / "kv"), **where)
     for cache in (in_ram, on_disk):
         cache.reset()
     x = torch.tensor([ids])

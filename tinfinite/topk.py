@@ -37,8 +37,8 @@ BLOCKS_PER_PICK = 2
 
 def rows(t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Gather tokens' rows per key head: t (1, Hkv, N, hd), tokens (1, Hkv, ...) token numbers
-    -> (1, Hkv, ..., hd). One index_select over the flattened heads (gather, on these shapes,
-    was 4x slower)."""
+    -> (1, Hkv, ..., hd). One index_select of whole rows over the flattened heads (gather would
+    index every element of them)."""
     Hkv, N = t.shape[1], t.shape[2]
     head = torch.arange(Hkv, device=tokens.device).view(1, Hkv, *[1] * (tokens.dim() - 2))
     flat = (tokens + head * N).flatten()

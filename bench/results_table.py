@@ -207,6 +207,14 @@ def passkey_grid_table():
         if any(c[0].isdigit() and "/" in c for c in cells):
             print(f"| {label} | {cells[0]} | {cells[1]} | "
                   f"{', '.join(map(str, sorted(found))) or '—'} |")
+    r = load("pk32out_top5")
+    if r:
+        t = r["trials"]
+        k, n = sum(x["correct"] for x in t), len(t)
+        lo, hi = wilson(k, n)
+        far = sorted(x["key_distance"] for x in t)
+        print(f"\n32K tokens, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back (`--seed 13`), "
+              f"64 + top-k 5 by blocks of 64: {k}/{n} ({lo:.0%}-{hi:.0%}).")
 
 
 def blocks_table():

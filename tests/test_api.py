@@ -401,6 +401,10 @@ def test_the_estimate_counts_every_item(llm):
         "logits": 2 * chunk * cfg.vocab_size * 4,                       # and the float32 copy
         "top-k keys/values": slot * 128 + slot * 64,                    # 16 -> 128, and the old half
     }
+    by_blocks = memory.run_bytes(cfg, attention="lambda", n_local=64, n_global=n_global,
+                                 chunk_size=chunk, top_k_middle=3, itemsize=4, tokens=100,
+                                 top_k_block=4)
+    assert by_blocks == {**need, "top-k block keys": slot // 2 * 32 + slot // 2 * 16}  # 25 -> 32
     full = memory.run_bytes(cfg, attention="full", n_local=64, n_global=0, chunk_size=chunk,
                             top_k_middle=0, itemsize=4, tokens=100)
     assert full == {"cache": slot * 128 + slot * 64 + 8 * 128, "mask": group * chunk * 128 * 4,

@@ -257,7 +257,7 @@ class Engine:
         need = memory.run_bytes(self.model.cfg, attention=self.attention, n_local=self.n_local,
                                 n_global=self.n_global, chunk_size=self.chunk_size,
                                 top_k_middle=self.top_k_middle, itemsize=w.element_size(),
-                                tokens=tokens)
+                                tokens=tokens, top_k_block=self.top_k_block)
         used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
                     chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)
         if self.top_k_offload:  # the growing keys and values go to disk, not RAM
@@ -295,7 +295,8 @@ class Engine:
     def snapshot(self) -> object:
         """A copy of everything the cache holds now; restore() returns the engine to it, as
         often as wanted. One text read once, then continued several ways (evaluate.py's
-        passkey trials share their filler this way); costs one copy of the cache."""
+        passkey trials share their filler this way); costs one copy of the cache, in memory
+        (an offloaded top-k store too)."""
         with self._turn():
             return copy.deepcopy((self._cache, self._unfed))
 

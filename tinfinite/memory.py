@@ -12,7 +12,9 @@ key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes)
              cross-entropy takes (Engine.token_nlls)
     grows    top_k_middle keeps every token's slot, in a buffer that doubles (2 x chunk_size
              slots first); attention="full" grows its ring the same way, and its one mask
-             with it. While a buffer doubles, the old half is still there.
+             with it. While a buffer doubles, the old half is still there. top_k_block adds
+             one mean key per block (top-k block keys); with top_k_offload the every-token
+             keys and values are on disk (check_disk), the block keys stay in memory.
 
 The growing buffers are counted for the input's length when a call knows it (prefill,
 perplexity); a decode step's one token is not checked.
@@ -30,11 +32,12 @@ from tinfinite.settings import shown
 # only when it is on).
 CAUSES = {"cache": ("n_local", "n_global", "chunk_size", "top_k_middle"),
           "mask": ("n_local", "chunk_size", "top_k_middle"), "logits": ("chunk_size",),
-          "top-k keys/values": ("top_k_middle",)}
+          "top-k keys/values": ("top_k_middle",), "top-k block keys": ("top_k_middle",)}
 
 
 def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
-              chunk_size: int, top_k_middle: int, itemsize: int, tokens: int = 0) -> dict:
+              chunk_size: int, top_k_middle: int, itemsize: int, tokens: int = 0,
+              top_k_block: int = 0) -> dict:
     """Bytes of each item above (name -> bytes) for a run of `tokens` tokens (0: not known)."""
     L, Hkv, hd, group = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
     slot = 2 * L * Hkv * hd * itemsize
@@ -51,6 +54,9 @@ def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
     if top_k_middle:
         every = doubled(2 * chunk_size, tokens)
         need["top-k keys/values"] = slot * every + copied(slot, 2 * chunk_size, every)
+        if top_k_block:
+            blocks = doubled(1, tokens // top_k_block)  # as TopKCache.begin grows them
+            need["top-k block keys"] = slot // 2 * blocks + copied(slot // 2, 1, blocks)
     return need
 
 

@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
             # Dequantised a block of weight rows at a time: never a bfloat16 copy of a whole
             # matrix (the LM head's would be 57 MB for the default model).
             step = max(1, QUANTIZE_ELEMENTS // self.weight.shape[1])
-            y = torch.cat([F.linear(rows, torch.mul(self.weight[a:a + step], self.scale[a:a + step, None]))
+            y = torch.cat([F.linear(rows, self.weight[a:a + step] * self.scale[a:a + step, None])
                            for a in range(0, len(self.weight), step)], dim=-1)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)

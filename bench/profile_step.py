@@ -26,7 +26,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="weights/SmolLM2-135M-Instruct")
     p.add_argument("--dtype", default="bfloat16",
-                   help="float32, bfloat16, or int8 (bfloat16 weights + --quantize int8)")
+                   help="float32, bfloat16, int8 or int4 (bfloat16 + --quantize int8/int4)")
     p.add_argument("--context", type=int, default=256, help="tokens in the cache before the step")
     p.add_argument("--chunk", action="store_true", help="profile a prefill chunk, not a decode step")
     p.add_argument("--no-pack", action="store_true", help="keep plain weights (no oneDNN packing)")
@@ -38,9 +38,9 @@ def main():
     a = p.parse_args()
     if a.no_pack:
         packed.can_pack = lambda weight: False
-    int8 = a.dtype == "int8"
-    engine = Engine.load(a.model, dtype="bfloat16" if int8 else a.dtype,
-                         quantize="int8" if int8 else None)
+    quantized = a.dtype in ("int8", "int4")
+    engine = Engine.load(a.model, dtype="bfloat16" if quantized else a.dtype,
+                         quantize=a.dtype if quantized else None)
     ids = [1000 + (i * 7919) % 40000 for i in range(a.context)]  # any ids will do
     if a.synthetic:
         from size_bench import fill_tinfinite

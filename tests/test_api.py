@@ -82,7 +82,7 @@ def test_engine_refuses_a_bad_setting_naming_it(llm, options, message, param):
     (dict(device="tpu"), "device='tpu': unknown device; use cpu, cuda or mps", "device"),
     (dict(device="cpu:x"), "device='cpu:x': not a device name", "device"),
     (dict(device=0), "device=0: must be a string such as 'cpu'", "device"),
-    (dict(quantize="int4"), "quantize='int4': choose one of None, int8", "quantize"),
+    (dict(quantize="int2"), "quantize='int2': choose one of None, int8, int4", "quantize"),
     (dict(chunk_size=-8), "chunk_size=-8: must be an integer >= 1", "chunk_size"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_load_refuses_a_bad_setting_naming_it(folder, options, message, param):

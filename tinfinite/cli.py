@@ -39,7 +39,8 @@ def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--device", default=settings.DEVICE,
                    help=f"{', '.join(settings.DEVICES)} or cuda:N ({settings.DEVICE})")
     p.add_argument("--quantize", choices=settings.QUANTIZE[1:],
-                   help="int8 weight-only matmuls (faster decoding, slightly different output)")
+                   help="weight-only quantised matmuls: faster decoding, less memory, slightly "
+                        "different output (int4: CPU only)")
     p.add_argument("--attention", default=settings.ATTENTION, choices=settings.ATTENTIONS,
                    help="lambda: LM-Infinite (default); full: vanilla causal, growing cache; "
                         "window: sliding window without starting tokens (the paper's baseline)")

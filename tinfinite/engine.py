@@ -29,7 +29,7 @@ from tinfinite.config import load_config
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
 from tinfinite.packed import pack
-from tinfinite.quantize import quantize_int8
+from tinfinite.quantize import quantize_int4, quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.threads import ThreadChoice
 from tinfinite.tokenizer import TextStream, Tokenizer
@@ -176,7 +176,8 @@ class Engine:
         where the device computes in it natively, else float32: bfloat16 on a CPU with
         oneDNN's bf16 kernels, on CUDA with bf16 support, on mps; float16 on cuda and mps
         only. engine.dtype says what was chosen.
-        quantize="int8": int8 weight-only matmuls (quantize.py), opt-in.
+        quantize="int8" or "int4": weight-only quantised matmuls (quantize.py), opt-in; int4
+        on the CPU only.
         threads: torch's compute threads, set for the whole process; None (default): the
         cores other processes leave free while the model loads (threads.py)."""
         if not isinstance(model_dir, (str, os.PathLike)):
@@ -197,7 +198,8 @@ class Engine:
         compute = ThreadChoice(threads)  # auto: watches the machine's load while we load
         model = load_model(model_dir, settings.TORCH_DTYPES[dtype], dev)
         compute.apply()
-        model = quantize_int8(model) if quantize else pack(model)  # pack: CPU matmuls, packed.py
+        make = {"int8": quantize_int8, "int4": quantize_int4, None: pack}[quantize]
+        model = make(model)  # pack: CPU matmuls in oneDNN's layout, packed.py
         return cls(model, tokenizer, **options)
 
     @property

@@ -16,8 +16,8 @@ from tinfinite.config import ModelConfig
 
 class Linear(nn.Linear):
     """A matmul weight (out, in), no bias. Engine.load swaps it for a PackedLinear (packed.py)
-    on an x86-64 CPU in float32/bfloat16, or for an Int8Linear (quantize.py) with --quantize
-    int8."""
+    on an x86-64 CPU in float32/bfloat16, or for an Int8Linear or Int4Linear (quantize.py)
+    with --quantize int8 or int4."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__(n_in, n_out, bias=False)
@@ -95,15 +95,16 @@ class Llama(nn.Module):
         h = self.norm(h)
         return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
-    def replace_matmuls(self, make) -> "Llama":
+    def replace_matmuls(self, make, make_head=None) -> "Llama":
         """Swap every matmul (attention, MLP, LM head) for make(weight), in place (packed.py,
-        quantize.py). A tied head gets its own module; the embedding table stays for lookups."""
+        quantize.py); the head for make_head(weight) if given. A tied head gets its own module;
+        the embedding table stays for lookups."""
         for block in self.layers:
             for parent, name in ((block.self_attn, "qkv_proj"), (block.self_attn, "o_proj"),
                                  (block.mlp, "gate_up_proj"), (block.mlp, "down_proj")):
                 setattr(parent, name, make(getattr(parent, name).weight))
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        self.lm_head = make(head)
+        self.lm_head = (make_head or make)(head)
         return self
 
     @torch.inference_mode()

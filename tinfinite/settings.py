@@ -49,7 +49,7 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 DTYPE = "auto"
 DEVICES = ("cpu", "cuda", "mps")
 DEVICE = "cpu"
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "int4")
 # Compute threads: None = the cores other processes leave free while the model loads (threads.py).
 THREADS = None
 

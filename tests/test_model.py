@@ -182,25 +182,28 @@ def test_offloaded_top_k_computes_the_same_and_leaves_no_file(tmp_path):
     assert on_disk.every_key.untyped_storage().filename is not None
 
 
-def test_spread_starting_tokens_equal_their_rule(tmp_path):
+def test_starting_tokens_inside_the_range_equal_their_rule(tmp_path):
     """start_distances="spread": a starting token g beyond the window is seen at distance
-    n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling."""
+    n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling; an
+    integer N < n_local: every one at distance N."""
     rng = random.Random(5)
-    for trial in range(6):
+    for trial in range(8):
         over = dict(num_key_value_heads=rng.choice([1, 2, 4]))
         folder = tmp_path / str(trial)
         state = make_tiny_model(folder, seed=trial, **over)
         model = load_model(folder, dtype=torch.float64)
         n_global, n_local, chunk = rng.randint(1, 5), rng.randint(2, 12), rng.randint(1, 9)
         top_k = rng.choice([0, 3])
+        rule = ("spread", rng.randint(1, n_local - 1))[trial % 2]
+        distance = (lambda g: max(n_local - 1 - g, 0)) if rule == "spread" else (lambda g: rule)
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
-                  from_layer=0, start_distances="spread")
+                  from_layer=0, start_distances=rule)
         last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
                                 inverse_frequencies(model.cfg), top_k, 0, last_rows,
-                                start_distance=lambda g: max(n_local - 1 - g, 0))
-        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k)
+                                start_distance=distance)
+        setting = dict(rule=rule, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k)
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
         ceiling = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
                       from_layer=0)

@@ -34,8 +34,8 @@ one small (rows x n_global) product per layer, written into the mask's starting-
 columns, whose keys are zero (q . 0 = 0, so the mask alone is the score). One softmax thus
 covers window and starting tokens, as the rule says. A starting token still inside a row's
 window is an ordinary ring key for that row, and its starting-token column is -inf there.
-(With start_distances="spread" each starting token is turned back by a distance of its own,
-inside the window: START_DISTANCES.)
+(Other rules turn each starting token back by a distance inside the window:
+start_distance_rule.)
 
 Until some query is n_local tokens past the first one, no key has left any window: a call is
 then exactly vanilla causal attention over the filled ring, with one mask for every head.
@@ -54,15 +54,18 @@ from tinfinite.attention import additive, beyond_window, fold, lambda_mask, sdpa
 from tinfinite.config import ModelConfig
 
 
-# Where a query sees starting token g (0 <= g < n_global) once it is beyond the window:
-# "ceiling" is the paper's rule, every one at distance n_local, one past the trained range;
-# "spread" keeps them inside the trained range, in their order, where they would stand just
-# before the window: token g at n_local - 1 - g (at least 0). The paper's rule stays the
-# default until a measurement says otherwise (docs/decisions.md).
-START_DISTANCES = {
-    "ceiling": lambda n_global, n_local: torch.full((n_global,), n_local),
-    "spread": lambda n_global, n_local: (n_local - 1 - torch.arange(n_global)).clamp(min=0),
-}
+def start_distance_rule(rule: str | int, n_global: int, n_local: int) -> torch.Tensor:
+    """(n_global,) the distance a query sees each starting token g at, once g is beyond its
+    window. "ceiling" is the paper's rule: every one at n_local, one past the trained range.
+    "spread" keeps them inside it, in their order, where they would stand just before the
+    window: token g at n_local - 1 - g (at least 0). An integer N puts every one at distance
+    min(N, n_local): near, where the model saw its first tokens most in training
+    (docs/decisions.md, "Where the starting tokens are seen")."""
+    if rule == "ceiling":
+        return torch.full((n_global,), n_local)
+    if rule == "spread":
+        return (n_local - 1 - torch.arange(n_global)).clamp(min=0)
+    return torch.full((n_global,), min(rule, n_local))
 
 
 class LambdaCache:
@@ -70,10 +73,10 @@ class LambdaCache:
 
     n_global: starting tokens kept for ever; n_local: the window (and the ceiling);
     max_chunk: the most tokens one forward call may feed; start_distances: where a query sees
-    the starting tokens beyond its window (START_DISTANCES)."""
+    the starting tokens beyond its window (start_distance_rule)."""
 
     def __init__(self, cfg: ModelConfig, *, n_global: int, n_local: int, max_chunk: int,
-                 dtype=torch.float32, device="cpu", start_distances: str = "ceiling",
+                 dtype=torch.float32, device="cpu", start_distances: str | int = "ceiling",
                  extra_slots: int = 0):
         self.n_global, self.n_local, self.max_chunk = n_global, n_local, max_chunk
         self.n_kv_heads, self.group = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
@@ -95,7 +98,7 @@ class LambdaCache:
                                       dtype=self.score_dtype, device=device)
         self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self._zeroed = False  # unwritten ring slots zeroed (see above)
-        distances = START_DISTANCES[start_distances](n_global, n_local)           # (G,)
+        distances = start_distance_rule(start_distances, n_global, n_local)       # (G,)
         self.cos_back, self.sin_back = self.turn_back(distances)                 # (G, hd)
         self.reset()
 

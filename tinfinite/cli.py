@@ -28,6 +28,14 @@ EXAMPLES = """examples:
 """
 
 
+def start_distances(text: str) -> str | int:
+    """--start-distances: a rule's name, or an integer distance (settings.start_distances)."""
+    try:
+        return settings.start_distances(int(text) if text.isdigit() else text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1])
+
+
 def model_flags(p: argparse.ArgumentParser):
     p.add_argument("--model", help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct, "
                                    "fetched on first use into a checkout's weights/, else "
@@ -68,11 +76,11 @@ def model_flags(p: argparse.ArgumentParser):
                    help="keep --top-k-middle's growing keys and values in a file in DIR, "
                         "memory-mapped, instead of RAM (for inputs larger than RAM; best with "
                         "--top-k-block). The file is removed at once and needs no cleaning")
-    p.add_argument("--start-distances", default=settings.START_DISTANCE,
-                   choices=settings.START_DISTANCES,
+    p.add_argument("--start-distances", default=settings.START_DISTANCE, type=start_distances,
+                   metavar="{ceiling,spread,N}",
                    help="where a query sees the starting tokens beyond its window: ceiling "
-                        "(default, the paper: all at distance --n-local) or spread (token g at "
-                        "n_local - 1 - g, inside the trained range)")
+                        "(default, the paper: all at distance --n-local), spread (token g at "
+                        "n_local - 1 - g, inside the trained range) or N (all at distance N)")
     p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
                    help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
     p.add_argument("--threads", type=int, metavar="N",

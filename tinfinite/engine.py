@@ -102,8 +102,9 @@ class Engine:
     chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
     (memory grows with the input), top_k_block: choose its picks by blocks of that many
     tokens (faster on long inputs; topk.py), top_k_offload: a folder where the growing keys
-    and values live, memory-mapped, instead of RAM; start_distances: "ceiling" (the paper) or
-    "spread", where a query sees the starting tokens beyond its window (cache.START_DISTANCES).
+    and values live, memory-mapped, instead of RAM; start_distances: "ceiling" (the paper),
+    "spread" or a distance N, where a query sees the starting tokens beyond its window
+    (cache.start_distance_rule).
     Defaults: settings.py. A bad argument, here or in any call, raises UserError with a
     one-line message naming the parameter; so does a run that would not fit in memory, before
     it allocates (memory.py).
@@ -123,9 +124,9 @@ class Engine:
                  top_k_from_layer: int = settings.TOP_K_FROM_LAYER,
                  top_k_block: int = settings.TOP_K_BLOCK,
                  top_k_offload: str | None = None,
-                 start_distances: str = settings.START_DISTANCE):
+                 start_distances: str | int = settings.START_DISTANCE):
         settings.choice("attention", attention, settings.ATTENTIONS)
-        settings.choice("start_distances", start_distances, settings.START_DISTANCES)
+        start_distances = settings.start_distances(start_distances)
         n_global = settings.integer("n_global", n_global, 0, none_ok=True)
         n_local = settings.integer("n_local", n_local, 1, none_ok=True)
         chunk_size = settings.integer("chunk_size", chunk_size, 1)
@@ -200,6 +201,7 @@ class Engine:
         compute.apply()
         make = {"int8": quantize_int8, "int4": quantize_int4, None: pack}[quantize]
         model = make(model)  # pack: CPU matmuls in oneDNN's layout, packed.py
+        memory.release_freed()  # the weights that make() replaced
         return cls(model, tokenizer, **options)
 
     @property

@@ -19,6 +19,7 @@ key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes)
 The growing buffers are counted for the input's length when a call knows it (prefill,
 perplexity); a decode step's one token is not checked.
 """
+import ctypes
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,17 @@ def available_bytes(device: torch.device) -> int | None:
     except OSError:
         pass
     return None  # unknown (macOS, Windows): let the allocator speak
+
+
+def release_freed():
+    """Hand the memory freed so far back to the operating system, where the C library can.
+
+    glibc keeps the blocks of its heap that a process frees, for reuse, and they still count
+    as resident. Loading frees a lot that way: every weight is read, converted, and then
+    replaced by its packed or quantised form. After an int8 load the default model held
+    ~300 MB of such blocks, more than the weights themselves (docs/decisions.md, "Memory
+    freed at load"). malloc_trim(0) returns them; elsewhere (macOS, musl) this does nothing."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # no such C library function here
+        pass

@@ -36,8 +36,9 @@ CHUNK_SIZE = 256
 TOP_K_MIDDLE = 0
 TOP_K_FROM_LAYER = 4
 TOP_K_BLOCK = 0     # top-k middle: 0 = score every middle token, N = blocks of N (topk.py)
-# Where a query sees the starting tokens beyond its window (cache.START_DISTANCES): the
-# paper's ceiling until a measurement says otherwise (docs/decisions.md).
+# Where a query sees the starting tokens beyond its window (cache.start_distance_rule): one
+# of these rules, or an integer distance. The paper's ceiling until a measurement says
+# otherwise (docs/decisions.md).
 START_DISTANCES = ("ceiling", "spread")
 START_DISTANCE = "ceiling"
 
@@ -82,6 +83,16 @@ def integer(name: str, value, least: int = 0, none_ok: bool = False):
     if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
         raise UserError(f"{name}={shown(value)}: must be an integer >= {least}", name)
     return int(value)
+
+
+def start_distances(value) -> str | int:
+    """One of START_DISTANCES, or an integer distance >= 1."""
+    if value in START_DISTANCES or (isinstance(value, Integral) and not isinstance(value, bool)
+                                    and value >= 1):
+        return value if isinstance(value, str) else int(value)
+    raise UserError(f"start_distances={shown(value)}: choose one of "
+                    f"{', '.join(START_DISTANCES)}, or an integer distance >= 1",
+                    "start_distances")
 
 
 def boolean(name: str, value) -> bool:

@@ -50,7 +50,7 @@ class TopKCache(LambdaCache):
 
     def __init__(self, cfg: ModelConfig, *, top_k: int, from_layer: int, n_global: int,
                  n_local: int, max_chunk: int, dtype=torch.float32, device="cpu",
-                 start_distances: str = "ceiling", block: int = 0, offload: str | None = None):
+                 start_distances: str | int = "ceiling", block: int = 0, offload: str | None = None):
         group = cfg.n_heads // cfg.n_kv_heads
         super().__init__(cfg, n_global=n_global, n_local=n_local, max_chunk=max_chunk,
                          dtype=dtype, device=device, start_distances=start_distances,

@@ -82,7 +82,8 @@ for length, depth, key in sorted(passkey_trials([a.length], a.trials, a.seed,
     if "stream" in WAYS:  # the filler before the key is shared with the previous question
         if held is not None and ids[:len(held)] == held:
             e.restore(state)
-            e.prefill(ids[len(held):split], resume=True)
+            if split > len(held):  # two keys at the same depth share all of it
+                e.prefill(ids[len(held):split], resume=True)
         else:
             e.prefill(ids[:split])
         held, state = ids[:split], e.snapshot()

@@ -65,6 +65,9 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
+    """y = x @ weight.T with weight (out, in) as 4-bit codes in the kernel's layout, out padded
+    to whole blocks of PACK_ROWS rows (the padding's products are cut off)."""
+
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         w = weight.detach()                                            # (out, in)
@@ -78,8 +81,9 @@ class Int4Linear(nn.Module):
         scale_zero = torch.zeros(K // GROUP, N, 2, dtype=torch.bfloat16)
         step = max(1, QUANTIZE_ELEMENTS // K // PACK_ROWS) * PACK_ROWS
         for a in range(0, N, step):  # in blocks of whole kernel blocks: never a full int32 copy
-            rows = torch.zeros(min(step, N - a), K)
-            rows[:max(0, min(step, out - a))] = w[a:a + step].float()
+            rows = torch.zeros(min(step, N - a), K)                 # padding rows stay 0
+            real = w[a:a + step]
+            rows[:len(real)] = real
             groups = rows.view(len(rows), K // GROUP, GROUP)
             low, high = groups.amin(dim=2), groups.amax(dim=2)        # (rows, K/GROUP)
             scale = ((high - low) / 15).clamp_(min=1e-12).bfloat16()

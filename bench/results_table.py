@@ -136,17 +136,28 @@ def million_table():
           f"{small['peak_rss_mb'] if small else float('nan'):.0f} MB.")
 
 
+START_DISTANCE_RUNS = [("ceiling", "at the ceiling, 8192 (the paper)"),
+                       ("spread", "spread, n_local - 1 - g"),
+                       ("4096", "all at 4096: capped (the default)"),
+                       ("2048", "all at 2048"), ("1024", "all at 1024"), ("256", "all at 256"),
+                       ("truncate", "truncated to the window")]
+
+
 def start_distances_table():
-    """The sd_* runs: starting tokens at the ceiling or spread, against truncation."""
-    print("| starting tokens beyond the window | ppl 8K-64K | passkey 16K, keys 1.9K-6.5K back "
-          "| keys found (tokens back) |")
-    print("| --- | ---: | ---: | --- |")
-    for mode, label in (("ceiling", "at the ceiling (the paper; default)"),
-                        ("spread", "spread, n_local - 1 - g"), ("truncate", "truncated to the window")):
+    """The sd_* runs: where the starting tokens beyond the window are seen, against
+    truncation (bench/length_runs.sh, bench/start_distance_runs.sh)."""
+    base = span(load("sd_ppl_ceiling"), 8192, 65536)
+    print("| starting tokens beyond the window | ppl 8K-64K | vs the ceiling | passkey 16K, keys "
+          "1.9K-6.5K back | keys found (tokens back) |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for mode, label in START_DISTANCE_RUNS:
         ppl, pk = load(f"sd_ppl_{mode}"), load(f"sd_pk16_{mode}")
+        if not (ppl or pk):
+            continue
         found = sorted(t["key_distance"] for t in pk["trials"] if t["correct"]) if pk else []
-        print(f"| {label} | {fmt(span(ppl, 8192, 65536), 3)} | {score(f'sd_pk16_{mode}')} | "
-              f"{', '.join(map(str, found)) or '—'} |")
+        change = f"{span(ppl, 8192, 65536) / base - 1:+.2%}" if ppl else "—"
+        print(f"| {label} | {fmt(span(ppl, 8192, 65536), 3)} | {change} | "
+              f"{score(f'sd_pk16_{mode}')} | {', '.join(map(str, found)) or '—'} |")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -161,13 +172,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 # bench/passkey_grid.sh: (label, result name without its band prefix); bands: keys inside the
 # window (pk16in_*, seed 11; the ceiling and truncation runs are the sd_pk16_* ones, same
 # questions) and beyond it (pk16out_*, seed 12).
-GRID = [("the paper: 10 starting tokens", "g10"), ("tinfinite's default: 64", "g64"),
-        ("64 + top-k 5", "top5"), ("64 + top-k 5, blocks of 64", "top5b64"),
-        ("64 + top-k 16", "top16"), ("10 + top-k 5", "g10top5"), ("10 + top-k 16", "g10top16"),
-        ("64, start distances spread", "spread"), ("truncated to the window", "truncate"),
+GRID = [("the paper: 10 starting tokens, ceiling", "g10"),
+        ("64, capped (the default)", "capped"), ("64, capped + top-k 5", "capped_top5"),
+        ("64, capped + top-k 16", "capped_top16"),
+        ("64, ceiling (the default before)", "g64"), ("64, ceiling + top-k 5", "top5"),
+        ("64, ceiling + top-k 5, blocks of 64", "top5b64"), ("64, ceiling + top-k 16", "top16"),
+        ("10 + top-k 5", "g10top5"), ("10 + top-k 16", "g10top16"),
+        ("64, spread", "spread"), ("truncated to the window", "truncate"),
         ("full attention", "full")]
 SAME_QUESTIONS = {"pk16in_g64": "sd_pk16_ceiling", "pk16in_spread": "sd_pk16_spread",
-                  "pk16in_truncate": "sd_pk16_truncate"}
+                  "pk16in_truncate": "sd_pk16_truncate", "pk16in_capped": "sd_pk16_4096"}
 
 
 def grid_run(band: str, mode: str):
@@ -214,7 +228,7 @@ def passkey_grid_table():
         lo, hi = wilson(k, n)
         far = sorted(x["key_distance"] for x in t)
         print(f"\n32K tokens, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back (`--seed 13`), "
-              f"64 + top-k 5 by blocks of 64: {k}/{n} ({lo:.0%}-{hi:.0%}).")
+              f"64 at the ceiling + top-k 5 by blocks of 64: {k}/{n} ({lo:.0%}-{hi:.0%}).")
 
 
 def blocks_table():

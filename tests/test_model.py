@@ -184,18 +184,22 @@ def test_offloaded_top_k_computes_the_same_and_leaves_no_file(tmp_path):
 
 def test_starting_tokens_inside_the_range_equal_their_rule(tmp_path):
     """start_distances="spread": a starting token g beyond the window is seen at distance
-    n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling; an
-    integer N < n_local: every one at distance N."""
+    n_local - 1 - g (at least 0), inside the trained range, instead of at the ceiling;
+    "capped": every one at half the trained length, when the window is longer; an integer
+    N < n_local: every one at distance N."""
     rng = random.Random(5)
-    for trial in range(8):
-        over = dict(num_key_value_heads=rng.choice([1, 2, 4]))
+    for trial in range(9):
+        # trained 12: windows of 7-12 are past half of it (capped's cap applies), 2-6 not
+        over = dict(num_key_value_heads=rng.choice([1, 2, 4]), max_position_embeddings=12)
         folder = tmp_path / str(trial)
         state = make_tiny_model(folder, seed=trial, **over)
         model = load_model(folder, dtype=torch.float64)
-        n_global, n_local, chunk = rng.randint(1, 5), rng.randint(2, 12), rng.randint(1, 9)
+        n_global, n_local, chunk = rng.randint(1, 5), rng.randint(7, 12), rng.randint(1, 9)
         top_k = rng.choice([0, 3])
-        rule = ("spread", rng.randint(1, n_local - 1))[trial % 2]
-        distance = (lambda g: max(n_local - 1 - g, 0)) if rule == "spread" else (lambda g: rule)
+        rule = ("spread", "capped", rng.randint(1, n_local - 1))[trial % 3]
+        trained = 12
+        distance = {"spread": lambda g: max(n_local - 1 - g, 0),
+                    "capped": lambda g: trained // 2}.get(rule, lambda g: rule)
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
                   from_layer=0, start_distances=rule)

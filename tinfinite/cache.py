@@ -54,15 +54,22 @@ from tinfinite.attention import additive, beyond_window, fold, lambda_mask, sdpa
 from tinfinite.config import ModelConfig
 
 
-def start_distance_rule(rule: str | int, n_global: int, n_local: int) -> torch.Tensor:
+def start_distance_rule(rule: str | int, n_global: int, n_local: int,
+                        trained: int) -> torch.Tensor:
     """(n_global,) the distance a query sees each starting token g at, once g is beyond its
-    window. "ceiling" is the paper's rule: every one at n_local, one past the trained range.
-    "spread" keeps them inside it, in their order, where they would stand just before the
-    window: token g at n_local - 1 - g (at least 0). An integer N puts every one at distance
-    min(N, n_local): near, where the model saw its first tokens most in training
-    (docs/decisions.md, "Where the starting tokens are seen")."""
+    window; trained: the length the model was trained on (max_position_embeddings).
+
+    "ceiling" is the paper's rule: every one at n_local, with the default window one past the
+    trained range. "capped" (tinfinite's default): at the ceiling, but no farther than half
+    the trained length, out of the far end of the range that training rarely filled; so with
+    the default window at trained // 2, with a window of at most that, at the ceiling.
+    "spread": in their order, where they would stand just before the window, token g at
+    n_local - 1 - g (at least 0). An integer N: every one at min(N, n_local). Why the default
+    is not the paper's: docs/decisions.md, "Where the starting tokens are seen"."""
     if rule == "ceiling":
         return torch.full((n_global,), n_local)
+    if rule == "capped":
+        return torch.full((n_global,), min(n_local, trained // 2))
     if rule == "spread":
         return (n_local - 1 - torch.arange(n_global)).clamp(min=0)
     return torch.full((n_global,), min(rule, n_local))
@@ -98,7 +105,8 @@ class LambdaCache:
                                       dtype=self.score_dtype, device=device)
         self.pos = torch.full((self.ring,), -1, dtype=torch.int64, device=device)  # per ring slot
         self._zeroed = False  # unwritten ring slots zeroed (see above)
-        distances = start_distance_rule(start_distances, n_global, n_local)       # (G,)
+        distances = start_distance_rule(start_distances, n_global, n_local,
+                                        cfg.max_position_embeddings)         # (G,)
         self.cos_back, self.sin_back = self.turn_back(distances)                 # (G, hd)
         self.reset()
 

@@ -77,10 +77,11 @@ def model_flags(p: argparse.ArgumentParser):
                         "memory-mapped, instead of RAM (for inputs larger than RAM; best with "
                         "--top-k-block). The file is removed at once and needs no cleaning")
     p.add_argument("--start-distances", default=settings.START_DISTANCE, type=start_distances,
-                   metavar="{ceiling,spread,N}",
-                   help="where a query sees the starting tokens beyond its window: ceiling "
-                        "(default, the paper: all at distance --n-local), spread (token g at "
-                        "n_local - 1 - g, inside the trained range) or N (all at distance N)")
+                   metavar="{capped,ceiling,spread,N}",
+                   help="where a query sees the starting tokens beyond its window: capped "
+                        "(default: all at --n-local, but at most half the trained length), "
+                        "ceiling (the paper: all at --n-local), spread (token g at "
+                        "n_local - 1 - g) or N (all at distance N)")
     p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
                    help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
     p.add_argument("--threads", type=int, metavar="N",

@@ -102,9 +102,9 @@ class Engine:
     chunk_size: prefill chunk; top_k_middle, top_k_from_layer: the opt-in retrieval variant
     (memory grows with the input), top_k_block: choose its picks by blocks of that many
     tokens (faster on long inputs; topk.py), top_k_offload: a folder where the growing keys
-    and values live, memory-mapped, instead of RAM; start_distances: "ceiling" (the paper),
-    "spread" or a distance N, where a query sees the starting tokens beyond its window
-    (cache.start_distance_rule).
+    and values live, memory-mapped, instead of RAM; start_distances: "capped" (default),
+    "ceiling" (the paper), "spread" or a distance N, where a query sees the starting tokens
+    beyond its window (cache.start_distance_rule).
     Defaults: settings.py. A bad argument, here or in any call, raises UserError with a
     one-line message naming the parameter; so does a run that would not fit in memory, before
     it allocates (memory.py).

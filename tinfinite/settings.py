@@ -37,10 +37,10 @@ TOP_K_MIDDLE = 0
 TOP_K_FROM_LAYER = 4
 TOP_K_BLOCK = 0     # top-k middle: 0 = score every middle token, N = blocks of N (topk.py)
 # Where a query sees the starting tokens beyond its window (cache.start_distance_rule): one
-# of these rules, or an integer distance. The paper's ceiling until a measurement says
-# otherwise (docs/decisions.md).
-START_DISTANCES = ("ceiling", "spread")
-START_DISTANCE = "ceiling"
+# of these rules, or an integer distance. "capped", not the paper's ceiling: retrieval inside
+# the default window needs it, perplexity does not mind (docs/decisions.md).
+START_DISTANCES = ("capped", "ceiling", "spread")
+START_DISTANCE = "capped"
 
 # --- where and how it runs (Engine.load) ---------------------------------------------------
 

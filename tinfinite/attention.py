@@ -8,6 +8,7 @@ position i, key at j <= i, distance d = i - j:
 
 with ceiling = n_local, as in the paper (both are the pre-training length L): window keys are
 at their true distance, and a starting token out of the window is seen at exactly n_local.
+(tinfinite's default sees it at most L / 2 away: cache.start_distance_rule says why.)
 
 It answers the paper's three failure factors of long inputs: no distance exceeds the ceiling
 (factor 1, unseen distances), the window bounds how many tokens a query attends to (factor 2,

@@ -47,19 +47,23 @@ def test_int8_in_blocks_leaves_the_weight_alone(monkeypatch):
     assert torch.equal(whole.scale, (w.abs().amax(1) / 127).to(torch.bfloat16))
 
 
-PROBE = """
+RSS = """
 import json, sys
 def rss_mb(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
 import torch
-from tinfinite.checkpoint import load_model
-before = rss_mb("VmRSS")
-model = load_model(sys.argv[1], torch.float32)
-print(json.dumps({"peak_mb": rss_mb("VmHWM") - before, "sympy": "sympy" in sys.modules,
-                  "weights_mb": sum(p.nbytes for p in model.parameters()) / 2**20}))
 """
+
+
+def probe(code: str, folder) -> dict:
+    """Run RSS + code in a fresh process (one thread) on a model folder; its JSON line."""
+    done = subprocess.run([sys.executable, "-c", RSS + code, str(folder)], capture_output=True,
+                          text=True, cwd=ROOT, check=True,
+                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                               "PATH": "/usr/bin:/bin"})
+    return json.loads(done.stdout)
 
 
 def test_loading_peaks_at_the_weights(tmp_path):
@@ -67,29 +71,16 @@ def test_loading_peaks_at_the_weights(tmp_path):
     tensor on its way would add the 32 MB embedding; sympy (meta tensors) adds 34-73 MB."""
     make_tiny_model(tmp_path, vocab_size=16384, hidden_size=512, intermediate_size=256,
                     num_attention_heads=8, num_key_value_heads=2)
-    done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True,
-                          text=True, cwd=ROOT, check=True,
-                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                               "PATH": "/usr/bin:/bin"})
-    r = json.loads(done.stdout)
+    r = probe("""
+from tinfinite.checkpoint import load_model
+before = rss_mb("VmRSS")
+model = load_model(sys.argv[1], torch.float32)
+print(json.dumps({"peak_mb": rss_mb("VmHWM") - before, "sympy": "sympy" in sys.modules,
+                  "weights_mb": sum(p.nbytes for p in model.parameters()) / 2**20}))
+""", tmp_path)
     assert not r["sympy"]
     assert r["weights_mb"] > 40
     assert r["peak_mb"] < r["weights_mb"] + 12, r
-
-
-QUANTISED = """
-import json, sys
-def rss_mb(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-import torch
-from tinfinite.engine import Engine
-before = rss_mb("RssAnon")
-engine = Engine.load(sys.argv[1], dtype="bfloat16", quantize="int8", threads=1)
-held = sum(t.nbytes for t in [*engine.model.parameters(), *engine.model.buffers()]) / 2**20
-print(json.dumps({"added_mb": rss_mb("RssAnon") - before, "held_mb": held}))
-"""
 
 
 def test_a_quantised_load_keeps_only_what_it_holds(tmp_path):
@@ -98,10 +89,12 @@ def test_a_quantised_load_keeps_only_what_it_holds(tmp_path):
     loading went through (45-54 MB here without memory.release_freed)."""
     tiny_llama(tmp_path, hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
                num_attention_heads=8, num_key_value_heads=2)
-    done = subprocess.run([sys.executable, "-c", QUANTISED, str(tmp_path)], capture_output=True,
-                          text=True, cwd=ROOT, check=True,
-                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                               "PATH": "/usr/bin:/bin"})
-    r = json.loads(done.stdout)
+    r = probe("""
+from tinfinite.engine import Engine
+before = rss_mb("RssAnon")
+engine = Engine.load(sys.argv[1], dtype="bfloat16", quantize="int8", threads=1)
+held = sum(t.nbytes for t in [*engine.model.parameters(), *engine.model.buffers()]) / 2**20
+print(json.dumps({"added_mb": rss_mb("RssAnon") - before, "held_mb": held}))
+""", tmp_path)
     assert r["held_mb"] > 30
     assert r["added_mb"] < r["held_mb"] + 4, r

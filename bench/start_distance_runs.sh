@@ -38,3 +38,10 @@ run pk16out_capped_top5 $OUTSIDE --start-distances capped --top-k-middle 5
 run pk16out_capped_top16 $OUTSIDE --start-distances capped --top-k-middle 16
 run sd_pk16_2048 $IN --start-distances 2048
 run sd_ppl_2048 $PPL --start-distances 2048
+
+# 32K, keys 3.0K-6.0K back (inside the window): the default against the paper's ceiling and
+# truncation, the same 8 questions.
+IN32="passkey --lengths 32768 --trials 8 --seed 14 --min-depth 0.80 --max-depth 0.965"
+run pk32in_capped $IN32 --start-distances capped
+run pk32in_ceiling $IN32 --start-distances ceiling
+run pk32in_truncate $IN32 --truncate

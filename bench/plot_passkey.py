@@ -40,12 +40,12 @@ def main():
                         fontsize=8, color=color)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlim(-0.02, 1.08)
     ax.set_xlabel("keys found (95% Wilson interval); 16K-token prompts, SmolLM2-135M, bfloat16")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out}")
 
 

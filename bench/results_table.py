@@ -221,6 +221,19 @@ def passkey_grid_table():
         if any(c[0].isdigit() and "/" in c for c in cells):
             print(f"| {label} | {cells[0]} | {cells[1]} | "
                   f"{', '.join(map(str, sorted(found))) or '—'} |")
+    inside = [(label, load(f"pk32in_{mode}")) for mode, label in
+              (("capped", "64, capped (the default)"), ("ceiling", "64, ceiling (the paper's rule)"),
+               ("truncate", "truncated to the window"))]
+    if any(r for _, r in inside):
+        far = sorted(x["key_distance"] for _, r in inside if r for x in r["trials"])
+        print(f"\n32K tokens, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back (inside the "
+              f"window, `--seed 14`):\n")
+        print("| mode | keys found |\n| --- | ---: |")
+        for label, r in inside:
+            if r:
+                k, n = sum(x["correct"] for x in r["trials"]), len(r["trials"])
+                lo, hi = wilson(k, n)
+                print(f"| {label} | {k}/{n} ({lo:.0%}-{hi:.0%}) |")
     r = load("pk32out_top5")
     if r:
         t = r["trials"]

@@ -45,3 +45,5 @@ IN32="passkey --lengths 32768 --trials 8 --seed 14 --min-depth 0.80 --max-depth 
 run pk32in_capped $IN32 --start-distances capped
 run pk32in_ceiling $IN32 --start-distances ceiling
 run pk32in_truncate $IN32 --truncate
+# The default with top-k, keys inside the window.
+run pk16in_capped_top5 $IN --start-distances capped --top-k-middle 5

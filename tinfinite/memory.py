@@ -139,9 +139,9 @@ def release_freed():
 
     glibc keeps the blocks of its heap that a process frees, for reuse, and they still count
     as resident. Loading frees a lot that way: every weight is read, converted, and then
-    replaced by its packed or quantised form. After an int8 load the default model held
-    ~300 MB of such blocks, more than the weights themselves (docs/decisions.md, "Memory
-    freed at load"). malloc_trim(0) returns them; elsewhere (macOS, musl) this does nothing."""
+    replaced by its packed or quantised form; after a quantised load those blocks outweighed
+    the weights (docs/decisions.md, "Memory freed at load is given back"). malloc_trim(0)
+    returns them; elsewhere (macOS, musl) this does nothing."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # no such C library function here

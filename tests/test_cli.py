@@ -151,3 +151,19 @@ def test_ctrl_c_keeps_the_text_so_far(model):
         if len(made) >= len(text):
             break
     assert made.startswith(text)
+
+
+def test_start_distances_take_a_rule_or_a_distance(capsys, model, tmp_path):
+    """--start-distances: a rule's name or an integer; the JSON says which one ran, and a
+    distance other than the ceiling scores differently past the window."""
+    (tmp_path / "t.txt").write_text(" ".join(CORPUS), encoding="utf-8")
+    flags = ("--file", tmp_path / "t.txt", "--n-local", 16, "--n-global", 2, "--chunk-size", 8)
+    default = perplexity(capsys, model, *flags)
+    near = perplexity(capsys, model, *flags, "--start-distances", 3)
+    paper = perplexity(capsys, model, *flags, "--start-distances", "ceiling")
+    assert (default["start_distances"], near["start_distances"]) == ("capped", 3)
+    assert default["nll"] == paper["nll"] != near["nll"]  # a 16 window is under the cap (32)
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "perplexity", "--model", model, *flags, "--start-distances", "0")
+    assert e.value.code == 2
+    assert "integer distance >= 1" in capsys.readouterr().err

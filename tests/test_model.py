@@ -189,7 +189,7 @@ def test_starting_tokens_inside_the_range_equal_their_rule(tmp_path):
     N < n_local: every one at distance N."""
     rng = random.Random(5)
     for trial in range(9):
-        # trained 12: windows of 7-12 are past half of it (capped's cap applies), 2-6 not
+        # trained length 12, windows of 7-12: past half of it, so capped's cap applies
         over = dict(num_key_value_heads=rng.choice([1, 2, 4]), max_position_embeddings=12)
         folder = tmp_path / str(trial)
         state = make_tiny_model(folder, seed=trial, **over)

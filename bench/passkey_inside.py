@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tinfinite import cache, settings  # noqa: E402
 from tinfinite.engine import Engine  # noqa: E402
 from tinfinite.evaluate import (KEY_LINE, common_prefix, first_integer,  # noqa: E402
                                 passkey_prompt, passkey_trials)
@@ -42,18 +41,14 @@ p.add_argument("--new-tokens", type=int, default=16)
 p.add_argument("--dtype", default="bfloat16")
 p.add_argument("--ways", default="stream,start+window,window",
                help="which of the ways above, comma-separated")
-p.add_argument("--start-distance", type=int,
-               help="experiment: see every starting token beyond the window at this distance, "
-                    "not the ceiling (n_local)")
+p.add_argument("--start-distances", default="ceiling",
+               help="where the starting tokens beyond the window are seen (the engine's "
+                    "--start-distances: capped, ceiling, spread or a distance N); default: "
+                    "the paper's ceiling, the rule this diagnostic is about")
 a = p.parse_args()
 WAYS = a.ways.split(",")
-options = {}
-if a.start_distance is not None:   # an experimental start-distance rule, by name
-    name = f"at{a.start_distance}"
-    cache.START_DISTANCES[name] = lambda n_global, n_local: torch.full((n_global,), a.start_distance)
-    settings.START_DISTANCES += (name,)
-    options["start_distances"] = name
-e = Engine.load(ensure_default_model(), dtype=a.dtype, **options)
+rule = int(a.start_distances) if a.start_distances.isdigit() else a.start_distances
+e = Engine.load(ensure_default_model(), dtype=a.dtype, start_distances=rule)
 n, g = e.n_local, e.n_global
 
 

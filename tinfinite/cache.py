@@ -80,7 +80,8 @@ class LambdaCache:
 
     n_global: starting tokens kept for ever; n_local: the window (and the ceiling);
     max_chunk: the most tokens one forward call may feed; start_distances: where a query sees
-    the starting tokens beyond its window (start_distance_rule)."""
+    the starting tokens beyond its window (start_distance_rule; the paper's rule unless told,
+    and the engine always tells it: settings.START_DISTANCE)."""
 
     def __init__(self, cfg: ModelConfig, *, n_global: int, n_local: int, max_chunk: int,
                  dtype=torch.float32, device="cpu", start_distances: str | int = "ceiling",

@@ -43,5 +43,5 @@ run pk4k16_g64 $P4
 
 # 32K, keys beyond the window (9.6K-31.7K back): does top-k still reach them?
 OUT32="passkey --lengths 32768 --trials 8 --seed 13 --min-depth 0.03 --max-depth 0.70"
-run pk32out_top5 $OUT32 --top-k-middle 5 --top-k-block 64
+run pk32out_top5b64 $OUT32 --top-k-middle 5 --top-k-block 64
 run pk32out_g64 $OUT32

@@ -118,22 +118,31 @@ def score(name):
     return "—" if not r else f"{sum(t['correct'] for t in r['trials'])}/{len(r['trials'])}"
 
 
+MILLION_RUNS = [("the default 8K window", "ppl_1m", "ppl_16k"),        # bench/default_runs.sh
+                ("a 2K window", "ppl_1m_w2k", "ppl_16k_w2k")]              # bench/length_runs.sh
+
+
 def million_table():
-    big, small = load("ppl_1m_w2k"), load("ppl_16k_w2k")
-    if not big:
-        print("1M-token run: not run")
+    """1M tokens of two books streamed through a window: perplexity per 64K bucket, a row per
+    window, and each run's time and peak memory against its 16K run's."""
+    runs = [(w, load(big), load(small)) for w, big, small in MILLION_RUNS if load(big)]
+    if not runs:
+        print("1M-token runs: not run")
         return
-    b = big["buckets"]
-    for row in (b[:len(b) // 2], b[len(b) // 2:]):
-        print("| positions | " + " | ".join(f"{x['start'] // 1024}K-{x['end'] // 1024}K"
-                                             for x in row) + " |")
-        print("| --- | " + " | ".join("---:" for _ in row) + " |")
-        print("| perplexity | " + " | ".join(f"{x['ppl']:.1f}" for x in row) + " |")
+    buckets = runs[0][1]["buckets"]
+    for half in (slice(0, len(buckets) // 2), slice(len(buckets) // 2, None)):
+        print("| window | " + " | ".join(f"{x['start'] // 1024}K-{x['end'] // 1024}K"
+                                          for x in buckets[half]) + " |")
+        print("| --- | " + " | ".join("---:" for _ in buckets[half]) + " |")
+        for window, big, _ in runs:
+            print(f"| {window.split()[-2]} | " +
+                  " | ".join(f"{x['ppl']:.1f}" for x in big["buckets"][half]) + " |")
         print()
-    print(f"{big['tokens']:,} tokens in {big['seconds'] / 60:.0f} min "
-          f"({big['tokens_per_second']:.0f} tok/s), peak RSS {big['peak_rss_mb']:.0f} MB; "
-          f"the same run to 16K tokens: peak RSS "
-          f"{small['peak_rss_mb'] if small else float('nan'):.0f} MB.")
+    for window, big, small in runs:
+        print(f"- Through {window}: {big['tokens']:,} tokens in {big['seconds'] / 60:.0f} min "
+              f"({big['tokens_per_second']:.0f} tok/s), perplexity {big['ppl']:.2f}, peak RSS "
+              f"{big['peak_rss_mb']:.0f} MB; the same run to 16K tokens: peak RSS "
+              f"{small['peak_rss_mb'] if small else float('nan'):.0f} MB.")
 
 
 START_DISTANCE_RUNS = [("ceiling", "at the ceiling, 8192 (the paper)"),
@@ -221,27 +230,43 @@ def passkey_grid_table():
         if any(c[0].isdigit() and "/" in c for c in cells):
             print(f"| {label} | {cells[0]} | {cells[1]} | "
                   f"{', '.join(map(str, sorted(found))) or '—'} |")
-    inside = [(label, load(f"pk32in_{mode}")) for mode, label in
-              (("capped", "64, capped (the default)"), ("ceiling", "64, ceiling (the paper's rule)"),
-               ("truncate", "truncated to the window"))]
-    if any(r for _, r in inside):
-        far = sorted(x["key_distance"] for _, r in inside if r for x in r["trials"])
-        print(f"\n32K tokens, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back (inside the "
-              f"window, `--seed 14`):\n")
-        print("| mode | keys found |\n| --- | ---: |")
-        for label, r in inside:
+
+
+# Longer prompts (bench/start_distance_runs.sh, bench/passkey_grid.sh, bench/default_runs.sh):
+# bands (result-name prefix, seed) and modes (label, result name without its band prefix).
+LONG_BANDS = [("pk32in", 14), ("pk32out", 13), ("pk64in", 15), ("pk64out", 16)]
+LONG_MODES = [("64, capped (the default)", "capped"), ("64, capped + top-k 5", "capped_top5"),
+              ("64, capped + top-k 16", "capped_top16"),
+              ("64, ceiling (the paper's rule)", "ceiling"),
+              ("64, ceiling + top-k 5, blocks of 64", "top5b64"),
+              ("truncated to the window", "truncate")]
+
+
+def long_table():
+    """Passkey at 32K and 64K by mode: a column per band, the key distances in its header."""
+    runs = {(band, mode): load(f"{band}_{mode}") for band, _ in LONG_BANDS for _, mode in LONG_MODES}
+    heads = []
+    for band, seed in LONG_BANDS:
+        far = sorted(t["key_distance"] for (b, _), r in runs.items() if r and b == band
+                     for t in r["trials"])
+        where = "inside the window" if band.endswith("in") else "beyond it"
+        heads.append(f"{band[2:4]}K, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back "
+                     f"({where}, `--seed {seed}`)" if far else f"{band[2:4]}K: not run")
+    print("| mode | " + " | ".join(heads) + " |")
+    print("| --- |" + " ---: |" * len(heads))
+    for label, mode in LONG_MODES:
+        cells = []
+        for band, _ in LONG_BANDS:
+            r = runs[band, mode]
             if r:
                 k, n = sum(x["correct"] for x in r["trials"]), len(r["trials"])
                 lo, hi = wilson(k, n)
-                print(f"| {label} | {k}/{n} ({lo:.0%}-{hi:.0%}) |")
-    r = load("pk32out_top5")
-    if r:
-        t = r["trials"]
-        k, n = sum(x["correct"] for x in t), len(t)
-        lo, hi = wilson(k, n)
-        far = sorted(x["key_distance"] for x in t)
-        print(f"\n32K tokens, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back (`--seed 13`), "
-              f"64 at the ceiling + top-k 5 by blocks of 64: {k}/{n} ({lo:.0%}-{hi:.0%}).")
+                cells.append(f"{k}/{n} ({lo:.0%}-{hi:.0%})")
+            else:
+                cells.append("cannot" if mode == "truncate" and band.endswith("out")
+                             else "not run")
+        if any("/" in c for c in cells):
+            print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def blocks_table():
@@ -287,6 +312,7 @@ if __name__ == "__main__":
                          ("Starting tokens", n_global_table), ("1M tokens", million_table),
                          ("Start distances", start_distances_table),
                          ("Passkey by mode, 16K", passkey_grid_table),
+                         ("Passkey by mode, 32K and 64K", long_table),
                          ("Top-k by blocks, 4K", blocks_table),
                          ("Top-k at scale", topk_scale_table)):
         print(f"### {title}\n")

@@ -242,24 +242,32 @@ LONG_MODES = [("64, capped (the default)", "capped"), ("64, capped + top-k 5", "
               ("truncated to the window", "truncate")]
 
 
-def long_table():
-    """Passkey at 32K and 64K by mode: a column per band, the key distances in its header."""
+def long_grid():
+    """{(band, mode): (found, asked)} of every 32K/64K run that exists, and the band headers:
+    {band: "32K, keys 3.0K-6.0K back (inside the window, `--seed 14`)"}."""
     runs = {(band, mode): load(f"{band}_{mode}") for band, _ in LONG_BANDS for _, mode in LONG_MODES}
-    heads = []
+    heads = {}
     for band, seed in LONG_BANDS:
         far = sorted(t["key_distance"] for (b, _), r in runs.items() if r and b == band
                      for t in r["trials"])
         where = "inside the window" if band.endswith("in") else "beyond it"
-        heads.append(f"{band[2:4]}K, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back "
-                     f"({where}, `--seed {seed}`)" if far else f"{band[2:4]}K: not run")
-    print("| mode | " + " | ".join(heads) + " |")
-    print("| --- |" + " ---: |" * len(heads))
+        heads[band] = (f"{band[2:4]}K, keys {far[0] / 1000:.1f}K-{far[-1] / 1000:.1f}K back "
+                       f"({where}, `--seed {seed}`)" if far else f"{band[2:4]}K: not run")
+    found = {key: (sum(t["correct"] for t in r["trials"]), len(r["trials"]))
+             for key, r in runs.items() if r}
+    return found, heads
+
+
+def long_table():
+    """Passkey at 32K and 64K by mode: a column per band, the key distances in its header."""
+    found, heads = long_grid()
+    print("| mode | " + " | ".join(heads[band] for band, _ in LONG_BANDS) + " |")
+    print("| --- |" + " ---: |" * len(LONG_BANDS))
     for label, mode in LONG_MODES:
         cells = []
         for band, _ in LONG_BANDS:
-            r = runs[band, mode]
-            if r:
-                k, n = sum(x["correct"] for x in r["trials"]), len(r["trials"])
+            if (band, mode) in found:
+                k, n = found[band, mode]
                 lo, hi = wilson(k, n)
                 cells.append(f"{k}/{n} ({lo:.0%}-{hi:.0%})")
             else:

@@ -33,6 +33,7 @@ PAPER="--n-global 10 --start-distances ceiling"
 run pk32out_capped_top5 $OUT32 --top-k-middle 5
 run pk64out_capped_top5 $OUT64 --top-k-middle 5
 run pk64in_capped $IN64
+run pk16out_capped_top5b64 $OUTSIDE --top-k-middle 5 --top-k-block 64
 run pk16in_capped_top16 $IN --top-k-middle 16
 run pk64in_truncate $IN64 --truncate
 run pk16out_g10top5 $OUTSIDE $PAPER --top-k-middle 5
@@ -42,3 +43,4 @@ run pk64in_ceiling $IN64 --start-distances ceiling
 run pk16in_g10top5 $IN $PAPER --top-k-middle 5
 run pk32out_capped_top16 $OUT32 --top-k-middle 16
 run pk64out_capped $OUT64
+run pk16out_capped $OUTSIDE

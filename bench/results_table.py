@@ -184,6 +184,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 GRID = [("the paper: 10 starting tokens, ceiling", "g10"),
         ("64, capped (the default)", "capped"), ("64, capped + top-k 5", "capped_top5"),
         ("64, capped + top-k 16", "capped_top16"),
+        ("64, capped + top-k 5, blocks of 64", "capped_top5b64"),
         ("64, ceiling (the default before)", "g64"), ("64, ceiling + top-k 5", "top5"),
         ("64, ceiling + top-k 5, blocks of 64", "top5b64"), ("64, ceiling + top-k 16", "top16"),
         ("10 + top-k 5", "g10top5"), ("10 + top-k 16", "g10top16"),

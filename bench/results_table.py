@@ -187,7 +187,7 @@ GRID = [("the paper: 10 starting tokens, ceiling", "g10"),
         ("64, capped + top-k 5, blocks of 64", "capped_top5b64"),
         ("64, ceiling (the default before)", "g64"), ("64, ceiling + top-k 5", "top5"),
         ("64, ceiling + top-k 5, blocks of 64", "top5b64"), ("64, ceiling + top-k 16", "top16"),
-        ("10 + top-k 5", "g10top5"), ("10 + top-k 16", "g10top16"),
+        ("the paper + top-k 5", "g10top5"), ("the paper + top-k 16", "g10top16"),
         ("64, spread", "spread"), ("truncated to the window", "truncate"),
         ("full attention", "full")]
 SAME_QUESTIONS = {"pk16in_g64": "sd_pk16_ceiling", "pk16in_spread": "sd_pk16_spread",

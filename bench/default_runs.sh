@@ -32,10 +32,10 @@ OUTSIDE="passkey --lengths 16384 --trials 8 --seed 12 --min-depth 0.03 --max-dep
 PAPER="--n-global 10 --start-distances ceiling"
 run pk32out_capped_top5 $OUT32 --top-k-middle 5
 run pk64out_capped_top5 $OUT64 --top-k-middle 5
-run pk64in_capped $IN64
-run pk16out_capped_top5b64 $OUTSIDE --top-k-middle 5 --top-k-block 64
 run pk16in_capped_top16 $IN --top-k-middle 16
 run pk64in_truncate $IN64 --truncate
+run pk64in_capped $IN64
+run pk16out_capped_top5b64 $OUTSIDE --top-k-middle 5 --top-k-block 64
 run pk16out_g10top5 $OUTSIDE $PAPER --top-k-middle 5
 run pk16in_full $IN --attention full
 run pk16out_full $OUTSIDE --attention full

@@ -32,6 +32,7 @@ OUTSIDE="passkey --lengths 16384 --trials 8 --seed 12 --min-depth 0.03 --max-dep
 PAPER="--n-global 10 --start-distances ceiling"
 run pk32out_capped_top5 $OUT32 --top-k-middle 5
 run pk64out_capped_top5 $OUT64 --top-k-middle 5
+run pk16out_capped $OUTSIDE
 run pk16in_capped_top16 $IN --top-k-middle 16
 run pk64in_truncate $IN64 --truncate
 run pk64in_capped $IN64
@@ -43,4 +44,3 @@ run pk64in_ceiling $IN64 --start-distances ceiling
 run pk16in_g10top5 $IN $PAPER --top-k-middle 5
 run pk32out_capped_top16 $OUT32 --top-k-middle 16
 run pk64out_capped $OUT64
-run pk16out_capped $OUTSIDE

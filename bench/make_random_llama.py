@@ -2,6 +2,7 @@
 
     python bench/make_random_llama.py --shape llama-3.2-1b     # 2.1 GB -> weights/random-llama-3.2-1b
     python bench/make_random_llama.py --shape llama-3-8b       # 14.8 GB -> weights/random-llama-3-8b
+    python bench/make_random_llama.py --shape smollm2-135m     # 0.27 GB: the default model's shape
 
 For measuring loading and decoding at real sizes (bench/size_bench.py) without downloading
 gated weights: every matrix has its real shape, dtype (bfloat16) and file layout (safetensors
@@ -28,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct, the default model: where its weights cannot travel
+    # (a GPU machine that reaches no hub), its speed can
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, head_dim=64,
+                         tie_word_embeddings=True, rope_theta=100000.0,
+                         max_position_embeddings=8192),
     # meta-llama/Llama-3.2-1B: tied embeddings, RoPE llama3 scaling (factor 32), 128K context
     "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, intermediate_size=8192, head_dim=64,

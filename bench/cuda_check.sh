@@ -9,6 +9,9 @@
 #             full/window/top-k attention, no float64 on the device)                 ~1 min
 #   sdpa      bench/sdpa_backends.py on cuda: each SDPA backend per call shape of the default
 #             model (decode and prefill, in and past the window), bfloat16            ~1 min
+#   decode    bench/cuda_decode.py: the engine's decode and prefill on cuda, with the backends
+#             attention.py names and with every backend allowed (the default model's shape,
+#             random weights: weights/random-smollm2-135m, made here)                 ~1 min
 #   models    bench/make_random_llama.py: the Llama-3.2-1B and Llama-3-8B shaped folders under
 #             weights/ (skipped when there), with the tokenizer of $TOKENIZER (default
 #             weights/SmolLM2-135M-Instruct: its tokenizer.json, tokenizer_config.json and
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
     if [ "$1" = "--" ]; then shift; texts=("$@"); break; fi
     stages+=("$1"); shift
 done
-[ ${#stages[@]} -gt 0 ] || stages=(checks sdpa models oracle size-1b size-8b ppl)
+[ ${#stages[@]} -gt 0 ] || stages=(checks sdpa decode models oracle size-1b size-8b ppl)
 
 out="bench/results/cuda-$(date +%Y-%m-%d)"
 mkdir -p "$out"
@@ -52,6 +55,12 @@ for stage in "${stages[@]}"; do
         python bench/cuda_check.py --device cuda --out "$out/checks.jsonl" || status=1 ;;
     sdpa)
         python bench/sdpa_backends.py --device cuda --json | tee -a "$out/sdpa-backends.jsonl" ;;
+    decode)
+        small=weights/random-smollm2-135m
+        [ -f "$small/model.safetensors.index.json" ] ||
+            python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
+                --tokenizer-from "$tokenizer"
+        python bench/cuda_decode.py --model "$small" | tee -a "$out/decode.jsonl" ;;
     models)
         [ -f "$one_b/model.safetensors.index.json" ] ||
             python bench/make_random_llama.py --shape llama-3.2-1b --out "$one_b" \
@@ -84,7 +93,7 @@ jumps over {i % 7} lazy dogs.' for i in range(100000)))" > "$out/text.txt"
 print(json.dumps({k: r[k] for k in ('tokens', 'ppl', 'tokens_per_second', 'n_local')}))" \
             "$out/perplexity-1m.json" ;;
     *)
-        echo "unknown stage $stage (checks, sdpa, models, oracle, size-1b, size-8b, ppl)" >&2
+        echo "unknown stage $stage (checks, sdpa, decode, models, oracle, size-1b, size-8b, ppl)" >&2
         exit 2 ;;
     esac
 done

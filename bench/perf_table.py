@@ -87,7 +87,7 @@ def sizes(rows):
     for r in rows:
         if r.get("case") == "load" and "peak_rss_mb" in r:
             print(f"| {name(r)} | {r['quantize'] or r['dtype']} | {r['load_seconds']:.1f} | "
-                  f"{r['peak_rss_mb']} | {r['checkpoint_mb']} | {r['target_peak_mb']} |")
+                  f"{r['peak_rss_mb']} | {r['checkpoint_mb']} | {r.get('target_peak_mb', '—')} |")
     print()
     print("| model | context | impl | cache | decode ms/token | bandwidth limit ms | "
           "share of the limit |")

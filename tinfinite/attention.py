@@ -34,6 +34,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 def lambda_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, n_local: int) -> torch.Tensor:
     """(T, K) bool, True = key k is in query t's window. From absolute positions only.
@@ -75,12 +76,30 @@ def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (k @ q.transpose(-1, -2)).transpose(-1, -2) / math.sqrt(q.shape[-1])
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+# The SDPA backends a call on CUDA may use, by whether it has a mask. torch's own choice there
+# (cuDNN and flash both allowed) costs ~40 ms per call whenever the key count is new, and
+# inside the window every call's is: a decode step attends over one key more than the last,
+# a prefill chunk over 256 more. Each backend named alone costs no such thing. Measured on an
+# H200, torch 2.11, bfloat16 (bench/sdpa_backends.py): flash is the fastest call without a
+# mask, cuDNN with one (docs/decisions.md, "The SDPA backend"). On the CPU torch's own choice
+# is the fastest for every call shape, and no backend is named.
+CUDA_BACKENDS = {
+    False: [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    True: [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+}
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The one scaled_dot_product_attention call of a layer.
 
     q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd) the slots attended over; mask:
-    additive, (group * T, S) or (B, Hkv, group * T, S), rows in the order of fold().
-    Returns (B, H, T, hd)."""
+    additive, (group * T, S) or (B, Hkv, group * T, S), rows in the order of fold(), or None
+    (every key visible to every row). Returns (B, H, T, hd)."""
     B, H, T, hd = q.shape
-    y = F.scaled_dot_product_attention(fold(q, k.shape[1]), k, v, attn_mask=mask)
+    q = fold(q, k.shape[1])
+    if q.device.type == "cuda":
+        with sdpa_kernel(CUDA_BACKENDS[mask is not None]):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return y.reshape(B, H, T, hd)  # a view where y is contiguous (CPU); CUDA kernels may not be

@@ -20,10 +20,10 @@
 #   size-1b   bench/size_bench.py on cuda, 1B: load, decode at 256, 16K and 128K tokens
 #             (synthetic caches past 2K: see its docstring), tinfinite vs transformers   ~3 min
 #   size-8b   the same for the 8B                                                      ~8 min
-#   ppl       1M tokens of streaming perplexity in bfloat16 from the TEXT files (concatenated;
-#             without any, a generated text). The model: $PPL_MODEL, else the default model
-#             if its weights are in weights/, else the random 1B with --n-local 8192 (its own
-#             128K window would make every chunk's per-head mask 2 GB)                ~3 min
+#   ppl       16K, then 1M tokens of streaming perplexity in bfloat16 from the TEXT files
+#             (concatenated; without any, a generated text), with peak RSS and device memory.
+#             The model: $PPL_MODEL, else the default model if its weights are in weights/,
+#             else its shape with random weights (the speed and memory, not the ppl) ~3 min
 #
 # Needs torch with CUDA, safetensors, tokenizers, jinja2, tqdm, and transformers for oracle and
 # the transformers side of size-* (pip install -r requirements.txt -r requirements-oracle.txt).
@@ -44,6 +44,7 @@ mkdir -p "$out"
 one_b=weights/random-llama-3.2-1b
 eight_b=weights/random-llama-3-8b
 default=weights/SmolLM2-135M-Instruct
+small=weights/random-smollm2-135m
 tokenizer=${TOKENIZER:-$default}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
@@ -56,7 +57,6 @@ for stage in "${stages[@]}"; do
     sdpa)
         python bench/sdpa_backends.py --device cuda --json | tee -a "$out/sdpa-backends.jsonl" ;;
     decode)
-        small=weights/random-smollm2-135m
         [ -f "$small/model.safetensors.index.json" ] ||
             python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
                 --tokenizer-from "$tokenizer"
@@ -82,16 +82,21 @@ for stage in "${stages[@]}"; do
 jumps over {i % 7} lazy dogs.' for i in range(100000)))" > "$out/text.txt"
             texts=("$out/text.txt")
         fi
-        if [ -n "${PPL_MODEL:-}" ]; then model=(--model "$PPL_MODEL")
-        elif [ -f "$default/model.safetensors" ]; then model=(--model "$default")
-        else model=(--model "$one_b" --n-local 8192)
+        if [ -n "${PPL_MODEL:-}" ]; then model=$PPL_MODEL
+        elif [ -f "$default/model.safetensors" ]; then model=$default
+        else model=$small  # the default model's shape, random weights: the speed, not the ppl
+            [ -f "$small/model.safetensors.index.json" ] ||
+                python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
+                    --tokenizer-from "$tokenizer"
         fi
-        python main.py perplexity "${model[@]}" --device cuda --dtype bfloat16 \
-            --file "${texts[@]}" --max-tokens 1048576 --report-every 131072 --json \
-            > "$out/perplexity-1m.json"
-        python -c "import json, sys; r = json.load(open(sys.argv[1])); \
-print(json.dumps({k: r[k] for k in ('tokens', 'ppl', 'tokens_per_second', 'n_local')}))" \
-            "$out/perplexity-1m.json" ;;
+        for n in 16384 1048576; do  # the same run short and long: the peaks must match
+            python main.py perplexity --model "$model" --device cuda --dtype bfloat16 \
+                --file "${texts[@]}" --max-tokens $n --report-every 131072 --json \
+                > "$out/perplexity-$n.json"
+            python -c "import json, sys; r = json.load(open(sys.argv[1])); \
+print(json.dumps({k: r.get(k) for k in ('tokens', 'ppl', 'tokens_per_second', 'n_local', \
+'peak_rss_mb', 'peak_device_mb')}))" "$out/perplexity-$n.json"
+        done ;;
     *)
         echo "unknown stage $stage (checks, sdpa, decode, models, oracle, size-1b, size-8b, ppl)" >&2
         exit 2 ;;

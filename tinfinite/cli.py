@@ -252,6 +252,10 @@ def run_perplexity(a):
               "seconds": round(seconds, 2), "tokens_per_second": round(total.tokens / seconds, 1),
               "peak_rss_mb": round(peak_rss_mb(), 1),
               "buckets": [b.as_dict() for b in buckets.all()]}
+    device = engine.model.embed_tokens.weight.device
+    if device.type == "cuda":  # the device's memory is what a GPU run keeps bounded
+        import torch
+        result["peak_device_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if a.json:
         print(json.dumps(result))
     else:

@@ -44,3 +44,10 @@ run pk64in_ceiling $IN64 --start-distances ceiling
 run pk16in_g10top5 $IN $PAPER --top-k-middle 5
 run pk32out_capped_top16 $OUT32 --top-k-middle 16
 run pk64out_capped $OUT64
+# the paper's setting with top-k 16, plain Λ beyond the window at 32K, the paper's setting
+# with top-k 5 at 32K, and the paper's plain Λ beyond the window at 16K
+run pk16in_g10top16 $IN $PAPER --top-k-middle 16
+run pk16out_g10top16 $OUTSIDE $PAPER --top-k-middle 16
+run pk32out_capped $OUT32
+run pk32out_g10top5 $OUT32 $PAPER --top-k-middle 5
+run pk16out_g10 $OUTSIDE $PAPER

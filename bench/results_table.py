@@ -241,6 +241,7 @@ LONG_MODES = [("64, capped (the default)", "capped"), ("64, capped + top-k 5", "
               ("64, capped + top-k 16", "capped_top16"),
               ("64, ceiling (the paper's rule)", "ceiling"),
               ("64, ceiling + top-k 5, blocks of 64", "top5b64"),
+              ("the paper: 10 starting tokens, ceiling, + top-k 5", "g10top5"),
               ("truncated to the window", "truncate")]
 
 

@@ -37,7 +37,7 @@ def panel(ax, labels: list[str], series: list[tuple[str, dict]], title: str):
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlim(-0.02, 1.1)
-    ax.set_title(title, fontsize=9, pad=22)
+    ax.set_title(title, fontsize=9, pad=10 + 12 * ((len(series) + 1) // 2))  # above the legend
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False)
     ax.grid(axis="x", alpha=0.3)
 

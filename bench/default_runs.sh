@@ -51,3 +51,4 @@ run pk16out_g10top16 $OUTSIDE $PAPER --top-k-middle 16
 run pk32out_capped $OUT32
 run pk32out_g10top5 $OUT32 $PAPER --top-k-middle 5
 run pk16out_g10 $OUTSIDE $PAPER
+run pk64out_capped_top16 $OUT64 --top-k-middle 16

@@ -49,6 +49,12 @@ tokenizer=${TOKENIZER:-$default}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 
+make_small() {  # the default model's shape with random weights, once
+    [ -f "$small/model.safetensors.index.json" ] ||
+        python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
+            --tokenizer-from "$tokenizer"
+}
+
 for stage in "${stages[@]}"; do
     echo "== $stage" >&2
     case "$stage" in
@@ -57,9 +63,7 @@ for stage in "${stages[@]}"; do
     sdpa)
         python bench/sdpa_backends.py --device cuda --json | tee -a "$out/sdpa-backends.jsonl" ;;
     decode)
-        [ -f "$small/model.safetensors.index.json" ] ||
-            python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
-                --tokenizer-from "$tokenizer"
+        make_small
         python bench/cuda_decode.py --model "$small" | tee -a "$out/decode.jsonl" ;;
     models)
         [ -f "$one_b/model.safetensors.index.json" ] ||
@@ -84,10 +88,7 @@ jumps over {i % 7} lazy dogs.' for i in range(100000)))" > "$out/text.txt"
         fi
         if [ -n "${PPL_MODEL:-}" ]; then model=$PPL_MODEL
         elif [ -f "$default/model.safetensors" ]; then model=$default
-        else model=$small  # the default model's shape, random weights: the speed, not the ppl
-            [ -f "$small/model.safetensors.index.json" ] ||
-                python bench/make_random_llama.py --shape smollm2-135m --out "$small" \
-                    --tokenizer-from "$tokenizer"
+        else model=$small; make_small  # random weights: the speed and memory, not the ppl
         fi
         for n in 16384 1048576; do  # the same run short and long: the peaks must match
             python main.py perplexity --model "$model" --device cuda --dtype bfloat16 \

@@ -79,10 +79,10 @@ def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 # The SDPA backends a call on CUDA may use, by whether it has a mask. torch's own choice there
 # (cuDNN and flash both allowed) costs ~40 ms per call whenever the key count is new, and
 # inside the window every call's is: a decode step attends over one key more than the last,
-# a prefill chunk over 256 more. Each backend named alone costs no such thing. Measured on an
-# H200, torch 2.11, bfloat16 (bench/sdpa_backends.py): flash is the fastest call without a
-# mask, cuDNN with one (docs/decisions.md, "The SDPA backend"). On the CPU torch's own choice
-# is the fastest for every call shape, and no backend is named.
+# a prefill chunk over 256 more. Each backend named alone costs no such thing; flash is the
+# fastest call without a mask, cuDNN with one (bench/sdpa_backends.py; docs/decisions.md,
+# "The SDPA backend"). On the CPU torch's own choice is the fastest for every call shape, and
+# no backend is named.
 CUDA_BACKENDS = {
     False: [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
     True: [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],

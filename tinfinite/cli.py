@@ -88,6 +88,9 @@ def model_flags(p: argparse.ArgumentParser):
                    help="compute threads (default: the cores that other processes leave "
                         "free while the model loads, from /proc/stat; at least 1, at most "
                         "torch's default: a thread per core, or OMP_NUM_THREADS)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile (CPU only; needs g++): faster tokens "
+                        "after about a minute of compiling at the first one (docs/results.md)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -188,7 +191,7 @@ def load_engine(a):
                        chunk_size=a.chunk_size, top_k_middle=a.top_k_middle,
                        top_k_from_layer=a.top_k_from_layer, top_k_block=a.top_k_block,
                        top_k_offload=a.top_k_offload,
-                       threads=a.threads,
+                       threads=a.threads, compile=a.compile,
                        start_distances=a.start_distances)
 
 
@@ -333,7 +336,7 @@ def peak_rss_mb() -> float:
 # is not "--" + the name with "-" for "_".
 PARAMS = ("model_dir", "dtype", "device", "quantize", "threads", "attention", "n_local",
           "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "top_k_block",
-          "top_k_offload", "start_distances",
+          "top_k_offload", "start_distances", "compile",
           "prompt", "chat",
           "system", "stop", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
           "ignore_eos")

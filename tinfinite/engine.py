@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from tinfinite import memory, settings
 from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
+from tinfinite.compiled import check_can_compile, compile_network
 from tinfinite.config import load_config
 from tinfinite.errors import UserError
 from tinfinite.model import Llama
-from tinfinite.packed import pack
+from tinfinite.packed import PackedLinear, pack
 from tinfinite.quantize import quantize_int4, quantize_int8
 from tinfinite.sampling import sample
 from tinfinite.threads import ThreadChoice
@@ -124,8 +125,10 @@ class Engine:
                  top_k_from_layer: int = settings.TOP_K_FROM_LAYER,
                  top_k_block: int = settings.TOP_K_BLOCK,
                  top_k_offload: str | None = None,
-                 start_distances: str | int = settings.START_DISTANCE):
+                 start_distances: str | int = settings.START_DISTANCE,
+                 compile: bool = False):
         settings.choice("attention", attention, settings.ATTENTIONS)
+        compile = settings.boolean("compile", compile)
         start_distances = settings.start_distances(start_distances)
         n_global = settings.integer("n_global", n_global, 0, none_ok=True)
         n_local = settings.integer("n_local", n_local, 1, none_ok=True)
@@ -147,7 +150,18 @@ class Engine:
         if attention == "full" and (n_local or top_k_middle):
             raise UserError("attention='full' sees every token: it takes no n_local or "
                             "top_k_middle", "attention")
+        if compile and (attention == "full" or top_k_middle):
+            raise UserError("compile=True: compiles the plain window cache; attention='full' "
+                            "and top_k_middle run eagerly, so drop compile", "compile")
+        if compile:
+            check_can_compile(model.embed_tokens.weight.device)
+            if any(isinstance(m, PackedLinear) for m in model.modules()):
+                raise UserError("compile=True: the model's weights are packed for oneDNN and "
+                                "cannot be compiled; load it with Engine.load(compile=True)",
+                                "compile")
         self.model, self.tokenizer = model, tokenizer
+        # Decode steps through torch.compile (compiled.py), or None: eagerly, as everything else.
+        self._compiled = compile_network(model) if compile else None
         self.attention = attention
         # LM-Infinite's window (§4): the pre-training length. Starting tokens: settings.N_GLOBAL.
         self.n_local = n_local or model.cfg.max_position_embeddings
@@ -168,7 +182,8 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = settings.DTYPE,
              device: str = settings.DEVICE, quantize: str | None = None,
-             threads: int | None = settings.THREADS, **options) -> "Engine":
+             threads: int | None = settings.THREADS, compile: bool = False,
+             **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
         top_k_middle, top_k_from_layer, top_k_block, top_k_offload, start_distances (see
         Engine).
@@ -180,7 +195,10 @@ class Engine:
         quantize="int8" or "int4": weight-only quantised matmuls (quantize.py), opt-in; int4
         on the CPU only.
         threads: torch's compute threads, set for the whole process; None (default): the
-        cores other processes leave free while the model loads (threads.py)."""
+        cores other processes leave free while the model loads (threads.py).
+        compile=True: decode steps through torch.compile, CPU only (compiled.py): faster
+        steps after about a minute of compiling at the first step inside the window and
+        again at the first past it; the weights stay plain (not packed) for it."""
         if not isinstance(model_dir, (str, os.PathLike)):
             raise UserError(f"model_dir={settings.shown(model_dir)}: must be a folder path "
                             f"(str or Path)", "model_dir")
@@ -191,7 +209,10 @@ class Engine:
                 "model folder not found; give a Hugging Face Llama folder (config.json, "
                 "*.safetensors, tokenizer)"), "model_dir")
         settings.choice("quantize", quantize, settings.QUANTIZE)
+        compile = settings.boolean("compile", compile)
         dev = resolve_device(device)
+        if compile:
+            check_can_compile(dev)
         cfg = load_config(model_dir)
         dtype = resolve_dtype(dtype, cfg.torch_dtype, dev)
         # The tokenizer first: a folder whose tokenizer does not fit fails before the weights load.
@@ -199,10 +220,13 @@ class Engine:
         compute = ThreadChoice(threads)  # auto: watches the machine's load while we load
         model = load_model(model_dir, settings.TORCH_DTYPES[dtype], dev)
         compute.apply()
-        make = {"int8": quantize_int8, "int4": quantize_int4, None: pack}[quantize]
-        model = make(model)  # pack: CPU matmuls in oneDNN's layout, packed.py
+        # pack: CPU matmuls in oneDNN's layout (packed.py); compiling freezes plain weights
+        # into its own layout instead
+        make = {"int8": quantize_int8, "int4": quantize_int4,
+                None: (lambda m: m) if compile else pack}[quantize]
+        model = make(model)
         memory.release_freed()  # the weights that make() replaced
-        return cls(model, tokenizer, **options)
+        return cls(model, tokenizer, compile=compile, **options)
 
     @property
     def dtype(self) -> str:
@@ -346,9 +370,20 @@ class Engine:
             self._unfed = token  # in the text, not yet in the cache
             yield token
             if n + 1 < max_new_tokens:
-                logits = self.model(self._tensor([token]), self.cache)[0]
+                logits = self._decode(token)
                 self._unfed = None
         stats.decode_seconds = time.perf_counter() - t0
+
+    def _decode(self, token: int) -> torch.Tensor:
+        """Feed one generated token; return the logits after it (vocab,)."""
+        x = self._tensor([token])
+        if self._compiled is None:
+            return self.model(x, self.cache)[0]
+        with torch.inference_mode():
+            self.cache.begin(1)
+            # a starting token's step writes slices of the cache: eagerly (compiled.py)
+            network = self._compiled if self.cache.new_starts <= 0 else self.model.network
+            return network(x, self.cache)[0]
 
     def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
         """The token ids of prompt, wrapped in the model's chat template with chat=True."""

@@ -114,6 +114,11 @@ class Llama(nn.Module):
         Returns logits (B, vocab) of the last position, or (B, T, vocab) with last_only=False.
         """
         cache.begin(ids.shape[1])
+        return self.network(ids, cache, last_only)
+
+    def network(self, ids: torch.Tensor, cache: LambdaCache, last_only: bool = True) -> torch.Tensor:
+        """forward() after cache.begin(): tensors only, which is what --compile compiles
+        (compiled.py)."""
         x = self.embed_tokens(ids)                                             # (B, T, D)
         for i, block in enumerate(self.layers):
             x = block(x, i, cache)

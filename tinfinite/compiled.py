@@ -1,0 +1,48 @@
+"""`--compile`: decode steps through torch.compile, on the CPU (opt-in).
+
+An eager decode step of the default model is ~600 small operators around 121 matmuls, and
+the matmuls read their weights at ~20 GB/s through oneDNN (packed.py). torch.compile's
+inductor fuses the small operators into a few generated C++ loops; with the weights frozen
+into the compiled code ("freezing") and max-autotune choosing, for each matmul shape, between
+oneDNN and inductor's own C++ micro-GEMMs, the matmuls run faster too. The price is compiling
+at first use: about a minute per graph on a 2-core machine, a C++ compiler, and a few hundred
+MB of torch's on-disk cache, which makes the next process's compile shorter. Figures:
+docs/decisions.md, "Compiled decode steps".
+
+What is compiled: Llama.network, the network after cache.begin(), for calls of one token,
+with dynamic shapes (inside the window the key count grows by one per step). Dynamo makes
+one graph inside the window and one past it. The cache's in-place writes go through an
+operator of their own (cache.write_slots); the one SDPA call per layer stays aten's.
+What runs eagerly: prefill chunks, and the steps that store a starting token (the first
+n_global tokens of a text; their slice writes would each copy a whole buffer when traced).
+"""
+import os
+import shutil
+
+import torch
+
+from tinfinite.errors import UserError
+
+# Inductor settings for the decode graphs: the weights as constants ("freezing"), and for each
+# matmul the faster of oneDNN and inductor's C++ GEMMs. Freezing is read from inductor's
+# global config (torch.compile's `options` did not reach it: measured, the steps stayed
+# eager-slow), so compile_network sets it for the process.
+OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def check_can_compile(device: torch.device):
+    """Refuse, before anything loads, what cannot be compiled here."""
+    if device.type != "cpu":
+        raise UserError(f"compile=True: compiles decode steps for the CPU; device={str(device)!r} "
+                        f"runs eagerly, so drop compile", "compile")
+    cxx = os.environ.get("CXX", "g++")  # the compiler inductor calls
+    if not shutil.which(cxx):
+        raise UserError(f"compile=True: needs a C++ compiler ({cxx!r} not found; install "
+                        f"g++ or set CXX), or drop compile", "compile")
+
+
+def compile_network(model: torch.nn.Module):
+    """model.network compiled for decode steps; compiles lazily, at its first call."""
+    from torch._inductor import config
+    config.freezing = True
+    return torch.compile(model.network, dynamic=True, options=OPTIONS)

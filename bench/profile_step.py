@@ -6,6 +6,8 @@
     python bench/profile_step.py --context 256 --no-pack         # plain weights (packed.py off)
     python bench/profile_step.py --context 16384 --synthetic     # 16K, the cache filled without
                                                                  # running the model (size_bench)
+    python bench/profile_step.py --context 256 --synthetic --compile  # a decode step through
+                                                                 # --compile (compiles first)
 
 Prints the median time of --steps runs without the profiler, then the operators by self CPU
 time over --profile-steps profiled runs. Each run goes on where the cache is (the context grows
@@ -32,6 +34,8 @@ def main():
     p.add_argument("--no-pack", action="store_true", help="keep plain weights (no oneDNN packing)")
     p.add_argument("--synthetic", action="store_true",
                    help="fill the cache with random keys and values instead of a prefill")
+    p.add_argument("--compile", action="store_true",
+                   help="decode steps through --compile (compiled.py); compiles during warm-up")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--rows", type=int, default=20, help="operators to list")
@@ -39,8 +43,10 @@ def main():
     if a.no_pack:
         packed.can_pack = lambda weight: False
     quantized = a.dtype in ("int8", "int4")
+    if a.compile and a.chunk:
+        p.error("--compile compiles decode steps; prefill chunks run eagerly")
     engine = Engine.load(a.model, dtype="bfloat16" if quantized else a.dtype,
-                         quantize=a.dtype if quantized else None)
+                         quantize=a.dtype if quantized else None, compile=a.compile)
     ids = [1000 + (i * 7919) % 40000 for i in range(a.context)]  # any ids will do
     if a.synthetic:
         from size_bench import fill_tinfinite
@@ -50,8 +56,11 @@ def main():
     T = engine.chunk_size if a.chunk else 1
     x = torch.tensor([ids[:T]])
 
-    def step():
-        engine.model(x, engine.cache)  # goes on from where the cache is: the window stays full
+    def step():  # goes on from where the cache is: the window stays full
+        if a.compile:
+            engine._decode(ids[0])  # the engine's decode step, compiled
+        else:
+            engine.model(x, engine.cache)
 
     for _ in range(3):
         step()
@@ -61,7 +70,8 @@ def main():
         step()
         times.append(time.perf_counter() - t0)
     what = f"{'prefill chunk of ' + str(T) if a.chunk else 'decode step'}"
-    print(f"{a.dtype}, {what} after {a.context} tokens{', plain weights' if a.no_pack else ''}: "
+    how = ", plain weights" if a.no_pack else ", compiled" if a.compile else ""
+    print(f"{a.dtype}, {what} after {a.context} tokens{how}: "
           f"median {statistics.median(times) * 1e3:.1f} ms ({a.steps} runs)")
     with profile() as prof:
         for _ in range(a.profile_steps):

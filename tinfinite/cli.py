@@ -88,7 +88,7 @@ def model_flags(p: argparse.ArgumentParser):
                    help="compute threads (default: the cores that other processes leave "
                         "free while the model loads, from /proc/stat; at least 1, at most "
                         "torch's default: a thread per core, or OMP_NUM_THREADS)")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", action="store_true", default=settings.COMPILE,
                    help="decode through torch.compile (CPU only; needs g++): faster tokens "
                         "after about a minute of compiling at the first one (docs/results.md)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -33,12 +33,12 @@ OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 def check_can_compile(device: torch.device):
     """Refuse, before anything loads, what cannot be compiled here."""
     if device.type != "cpu":
-        raise UserError(f"compile=True: compiles decode steps for the CPU; device={str(device)!r} "
-                        f"runs eagerly, so drop compile", "compile")
+        raise UserError(f"compile=True: compiles decode steps for the CPU; for "
+                        f"device={str(device)!r} leave out compile=True", "compile")
     cxx = os.environ.get("CXX", "g++")  # the compiler inductor calls
     if not shutil.which(cxx):
         raise UserError(f"compile=True: needs a C++ compiler ({cxx!r} not found; install "
-                        f"g++ or set CXX), or drop compile", "compile")
+                        f"g++ or set CXX), or leave out compile=True", "compile")
 
 
 def compile_network(model: torch.nn.Module):

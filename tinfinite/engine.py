@@ -126,7 +126,7 @@ class Engine:
                  top_k_block: int = settings.TOP_K_BLOCK,
                  top_k_offload: str | None = None,
                  start_distances: str | int = settings.START_DISTANCE,
-                 compile: bool = False):
+                 compile: bool = settings.COMPILE):
         settings.choice("attention", attention, settings.ATTENTIONS)
         compile = settings.boolean("compile", compile)
         start_distances = settings.start_distances(start_distances)
@@ -151,8 +151,8 @@ class Engine:
             raise UserError("attention='full' sees every token: it takes no n_local or "
                             "top_k_middle", "attention")
         if compile and (attention == "full" or top_k_middle):
-            raise UserError("compile=True: compiles the plain window cache; attention='full' "
-                            "and top_k_middle run eagerly, so drop compile", "compile")
+            raise UserError("compile=True: compiles the window cache only; use "
+                            "attention='full' or top_k_middle without compile=True", "compile")
         if compile:
             check_can_compile(model.embed_tokens.weight.device)
             if any(isinstance(m, PackedLinear) for m in model.modules()):
@@ -182,7 +182,7 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = settings.DTYPE,
              device: str = settings.DEVICE, quantize: str | None = None,
-             threads: int | None = settings.THREADS, compile: bool = False,
+             threads: int | None = settings.THREADS, compile: bool = settings.COMPILE,
              **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
         top_k_middle, top_k_from_layer, top_k_block, top_k_offload, start_distances (see

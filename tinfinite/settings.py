@@ -53,6 +53,8 @@ DEVICE = "cpu"
 QUANTIZE = (None, "int8", "int4")
 # Compute threads: None = the cores other processes leave free while the model loads (threads.py).
 THREADS = None
+# Decode steps through torch.compile (compiled.py): opt-in, as each graph compiles for a minute.
+COMPILE = False
 
 # --- what a call makes (generate, generate_ids) --------------------------------------------
 

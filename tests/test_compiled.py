@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from tests.tiny import tiny_llama
 from tinfinite.engine import Engine
@@ -40,7 +41,11 @@ def test_compiled_steps_give_the_eager_logits(folder):
     # 12-token window, then past it, wrapping the 15-slot ring more than once
     prompt, steps = [5], 40
     want = decoded(eager, prompt, steps)
+    counters.clear()
     got = decoded(compiled, prompt, steps)
+    # really compiled: one graph inside the window, one past it (each is a minute of compiling
+    # on the default model, so a third would be a bug too)
+    assert counters["stats"]["unique_graphs"] == 2
     assert (got.argmax(-1) == want.argmax(-1)).all()
     # float32 through fused loops and other GEMMs: rounding only; a wrong key or mask would
     # move logits by O(1)

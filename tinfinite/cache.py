@@ -221,15 +221,16 @@ def write(ring: torch.Tensor, layer: int, slots: torch.Tensor, src: torch.Tensor
     if torch.compiler.is_compiling():
         write_slots(ring, layer, slots, src)  # traced by --compile (compiled.py)
     else:
-        ring[layer].index_copy_(2, slots, src)  # eager: 3 us, where the op below costs 12
+        ring[layer].index_copy_(2, slots, src)  # eager: without the operator's Python dispatch
 
 
 @torch.library.custom_op("tinfinite::write_slots", mutates_args=("ring",))
 def write_slots(ring: torch.Tensor, layer: int, slots: torch.Tensor, src: torch.Tensor) -> None:
     """write() as an operator of its own for torch.compile. Traced as a plain index_copy_,
-    an in-place write into the cache became a copy of the whole buffer, in every layer of
-    every step (a decode step past the window: 45 ms compiled this way, 400 ms that way);
-    an opaque operator that declares its mutation stays one in-place write."""
+    an in-place write into the cache becomes a copy of the whole buffer in every layer of
+    every step; an opaque operator that declares its mutation stays one in-place write. It
+    takes the whole buffer and the layer: given one layer's view, inductor ordered the write
+    wrongly (docs/decisions.md, "Compiled decode steps")."""
     ring[layer].index_copy_(2, slots, src)
 
 

@@ -25,8 +25,8 @@ from tinfinite.errors import UserError
 
 # Inductor settings for the decode graphs: the weights as constants ("freezing"), and for each
 # matmul the faster of oneDNN and inductor's C++ GEMMs. Freezing is read from inductor's
-# global config (torch.compile's `options` did not reach it: measured, the steps stayed
-# eager-slow), so compile_network sets it for the process.
+# global config, not from torch.compile's `options`, so compile_network sets it for the
+# process (docs/decisions.md, "Compiled decode steps").
 OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 

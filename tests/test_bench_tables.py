@@ -34,6 +34,17 @@ def test_ratios_come_from_the_same_context_and_dtype(tmp_path):
     assert "| 1,048,576 | bfloat16 |" not in out                   # no peer ran: no ratio row
 
 
+def test_compiled_rows_are_named_and_compared_with_hf_at_their_dtype(tmp_path):
+    out = table(tmp_path, [summary("tinfinite", "bfloat16+compile", 256, 200.0, 10.0, 1400.0),
+                           summary("tinfinite", "int8+compile", 256, 200.0, 8.0, 1000.0),
+                           summary("hf", "bfloat16", 256, 100.0, 40.0, 700.0),
+                           summary("llamacpp", "q4_1", 256, 50.0, 5.0, 300.0)])
+    assert "| 256 | tinfinite | bfloat16, compiled | 200 | 10.0 | 1400 | 0.20 |" in out
+    # decode 40/10, prefill 200/100, RSS 1400/700, ms 10/5; no HF int8: no HF ratio
+    assert "| 256 | bfloat16, compiled | 4.00x | 2.00x | 2.00 | 2.00 |" in out
+    assert "| 256 | int8 weights, compiled | — | — | — | 1.60 |" in out
+
+
 def test_no_summary_lines_is_an_error(tmp_path):
     f = tmp_path / "empty.jsonl"
     f.write_text("")

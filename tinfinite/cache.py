@@ -217,21 +217,16 @@ class LambdaCache:
 
 
 def write(ring: torch.Tensor, layer: int, slots: torch.Tensor, src: torch.Tensor):
-    """ring[layer, :, :, slots] = src, in place: ring (L, B, Hkv, slots, hd), src (B, Hkv, T, hd)."""
+    """ring[layer, :, :, slots] = src, in place: ring (L, 1, Hkv, slots, hd), src (1, Hkv, T, hd)."""
     if torch.compiler.is_compiling():
-        write_slots(ring, layer, slots, src)  # traced by --compile (compiled.py)
+        # Traced by --compile (compiled.py), a write through one layer's view is functionalised
+        # into a copy of the whole buffer per layer and step; one index_put_ on the whole
+        # buffer is an in-place write of the graph's input, which inductor keeps in place.
+        heads = torch.arange(ring.shape[2], device=ring.device)[:, None]       # (Hkv, 1)
+        ring.index_put_((torch.tensor(layer, device=ring.device), torch.tensor(0, device=ring.device),
+                         heads, slots[None, :]), src[0])
     else:
-        ring[layer].index_copy_(2, slots, src)  # eager: without the operator's Python dispatch
-
-
-@torch.library.custom_op("tinfinite::write_slots", mutates_args=("ring",))
-def write_slots(ring: torch.Tensor, layer: int, slots: torch.Tensor, src: torch.Tensor) -> None:
-    """write() as an operator of its own for torch.compile. Traced as a plain index_copy_,
-    an in-place write into the cache becomes a copy of the whole buffer in every layer of
-    every step; an opaque operator that declares its mutation stays one in-place write. It
-    takes the whole buffer and the layer: given one layer's view, inductor ordered the write
-    wrongly (docs/decisions.md, "Compiled decode steps")."""
-    ring[layer].index_copy_(2, slots, src)
+        ring[layer].index_copy_(2, slots, src)
 
 
 class FullCache(LambdaCache):

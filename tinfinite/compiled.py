@@ -11,8 +11,9 @@ docs/decisions.md, "Compiled decode steps".
 
 What is compiled: Llama.network, the network after cache.begin(), for calls of one token,
 with dynamic shapes (inside the window the key count grows by one per step). Dynamo makes
-one graph inside the window and one past it. The cache's in-place writes go through an
-operator of their own (cache.write_slots); the one SDPA call per layer stays aten's.
+one graph inside the window and one past it. The cache's ring writes are one index_put_ on
+the whole buffer (cache.write), which inductor keeps in place; the one SDPA call per layer
+stays aten's.
 What runs eagerly: prefill chunks, and the steps that store a starting token (the first
 n_global tokens of a text; their slice writes would each copy a whole buffer when traced).
 """

@@ -55,6 +55,18 @@ def test_compiled_steps_give_the_eager_logits(folder):
                                rtol=1e-4, atol=1e-4)
 
 
+@needs_cxx
+def test_each_model_runs_its_own_compiled_steps(folder, tmp_path):
+    # the compiled graphs hold a model's weights as constants, and dynamo keeps them per
+    # function, not per model: a second model of the same shapes must not run the first's
+    other = tiny_llama(tmp_path / "other", seed=2)
+    first, second = (Engine.load(f, compile=True, **OPTIONS) for f in (folder, other))
+    for engine, f in ((first, folder), (second, other), (first, folder)):
+        torch.testing.assert_close(decoded(engine, [5], 16),
+                                   decoded(Engine.load(f, **OPTIONS), [5], 16),
+                                   rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(attention="full"), "compile=True: compiles the window cache only"),
     (dict(top_k_middle=2), "compile=True: compiles the window cache only"),

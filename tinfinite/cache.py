@@ -148,16 +148,15 @@ class LambdaCache:
         return positions
 
     def call_mask(self, positions: torch.Tensor) -> torch.Tensor | None:
-        """This call's additive mask, rows in fold() order: (group*T, filled ring) inside the
-        window (None for one token: it sees every key); else (1, Hkv, group*T, all slots), the
-        starting-token columns to be filled by each layer (layer_mask)."""
+        """This call's additive mask: (T, filled ring) inside the window, the same for every
+        head (None for one token: it sees every key); else (1, Hkv, group*T, all slots), rows
+        in fold() order, the starting-token columns to be filled by each layer (layer_mask)."""
         T = len(positions)
         if self.inside_window:
             if T == 1:
                 return None
-            ring = additive(lambda_mask(positions, self.pos[:self.n_seen], self.n_local),
-                            self.dtype)
-            return ring.repeat(self.group, 1)  # (group*T, R), the same for every head
+            return additive(lambda_mask(positions, self.pos[:self.n_seen], self.n_local),
+                            self.dtype)                                      # (T, R)
         g = torch.arange(self.n_global, device=self.device)
         start_pos = torch.where(g < self.n_seen, g + self.first, -1)      # -1: not seen yet
         self.start_bias = additive(beyond_window(positions, start_pos, self.n_local),

@@ -55,12 +55,13 @@ def tinfinite_step_bytes(param_bytes: int, cfg, context: int, n_global: int, n_l
 
     The call reads the filled ring, n_local + chunk_size - 1 slots at most (the extra slots
     are masked but still read), plus, once starting tokens have left the window, their
-    n_global slots (values, and zero keys whose scores come through the mask). So the K/V
-    read stops growing at the window.
+    n_global slots (values, and zero keys whose scores come through the mask) and the few
+    spare ones. So the K/V read stops growing at the window.
     """
+    from tinfinite.cache import slot_count
     ring = n_local + chunk_size - 1
     far = n_global > 0 and context > n_local
-    slots = ring + n_global if far else min(context, ring)
+    slots = slot_count(ring, n_global, 0) if far else min(context, ring)
     return param_bytes + kv_bytes(cfg.n_layers, cfg.n_kv_heads, slots, cfg.head_dim,
                                   cfg.head_dim, itemsize)
 

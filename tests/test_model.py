@@ -11,7 +11,7 @@ import torch
 
 from tests.reference import reference_logits
 from tests.tiny import make_tiny_model, tiny_config
-from tinfinite.attention import additive, lambda_mask
+from tinfinite.attention import KV_PARTS, additive, lambda_mask
 from tinfinite.cache import FullCache, LambdaCache
 from tinfinite.checkpoint import load_model
 from tinfinite.rope import inverse_frequencies
@@ -111,6 +111,45 @@ def test_decode_steps_update_the_mask_in_place(tmp_path):
         want = reference_logits(state, tiny_config(), ids, n_global, n_local, n_local,
                                 inverse_frequencies(model.cfg))
         assert torch.allclose(torch.cat(got, dim=1)[0], want, atol=1e-9, rtol=0)
+
+
+def decode_all(model, cache, ids) -> torch.Tensor:
+    """(T, vocab) logits of ids fed one token per call through cache."""
+    cache.reset()
+    return torch.cat([model(torch.tensor([[i]]), cache, last_only=False) for i in ids], dim=1)[0]
+
+
+def test_decode_steps_past_the_window_attend_in_parts_exactly(tmp_path):
+    """On the CPU a decode step past the window attends to its slots in KV_PARTS runs, combined
+    by their log-sum-exps: the rule still, as the ring wraps, with and without top-k picks."""
+    state = make_tiny_model(tmp_path)
+    model = load_model(tmp_path, dtype=torch.float64)
+    inv_freq = inverse_frequencies(model.cfg)
+    rng = random.Random(7)
+    ids = [rng.randrange(96) for _ in range(100)]
+    where = dict(n_global=3, n_local=40, max_chunk=1, dtype=torch.float64)
+    plain, top_k = LambdaCache(model.cfg, **where), TopKCache(model.cfg, top_k=2, from_layer=0, **where)
+    assert plain.kv_parts == top_k.kv_parts == KV_PARTS > 1
+    want = reference_logits(state, tiny_config(), ids, 3, 40, 40, inv_freq)
+    assert torch.allclose(decode_all(model, plain, ids), want, atol=1e-9, rtol=0)
+    want = reference_logits(state, tiny_config(), ids, 3, 40, 40, inv_freq, 2, 0, set(range(100)))
+    assert torch.allclose(decode_all(model, top_k, ids), want, atol=1e-9, rtol=0)
+
+
+def test_decode_steps_attend_in_one_run_where_a_run_could_see_nothing(tmp_path):
+    """A window of 4 among 16 slots: a quarter of them could all be hidden from a row, whose
+    run would then count with log-sum-exp 0 (the kernel's, for nothing seen). Such a cache
+    attends in one run, and cut into parts it would compute something else."""
+    state = make_tiny_model(tmp_path)
+    model = load_model(tmp_path, dtype=torch.float64)
+    rng = random.Random(8)
+    ids = [rng.randrange(96) for _ in range(40)]
+    cache = LambdaCache(model.cfg, n_global=5, n_local=4, max_chunk=6, dtype=torch.float64)
+    assert cache.keys.shape[3] == 16 and cache.kv_parts == 1
+    want = reference_logits(state, tiny_config(), ids, 5, 4, 4, inverse_frequencies(model.cfg))
+    assert torch.allclose(decode_all(model, cache, ids), want, atol=1e-9, rtol=0)
+    cache.kv_parts = KV_PARTS
+    assert not torch.allclose(decode_all(model, cache, ids), want, atol=1e-3)
 
 
 def test_top_k_middle_attention_equals_rule(tmp_path):

@@ -91,12 +91,18 @@ CUDA_BACKENDS = {
 }
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+# How many runs a decode step past the window cuts its slots into on the CPU (sdpa_in_parts).
+KV_PARTS = 4
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+         parts: int = 1) -> torch.Tensor:
     """The one scaled_dot_product_attention call of a layer.
 
     q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd) the slots attended over; mask:
     additive, (T, S) the same for every head, or (B, Hkv, group * T, S) with rows in the order
-    of fold(), or None (every key visible to every row). Returns (B, H, T, hd)."""
+    of fold(), or None (every key visible to every row). parts > 1 (CPU, B = 1, a 4-D mask):
+    the slots attended in that many runs, as sdpa_in_parts says. Returns (B, H, T, hd)."""
     B, H, T, hd = q.shape
     if q.device.type == "cuda":
         if mask is not None and mask.dim() == 2:
@@ -111,4 +117,31 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     # memory as one per query head.
     if mask is not None and mask.dim() == 4:
         mask = mask.view(B, H, T, mask.shape[-1])
+    if parts > 1:
+        return sdpa_in_parts(q, k, v, mask, parts)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def sdpa_in_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                  parts: int) -> torch.Tensor:
+    """The same attention as one call, over the S slots cut into `parts` equal runs: one CPU
+    flash-kernel call with the runs as its batch, each run's output weighed by its share of
+    the softmax, exp(its log-sum-exp) / the sum of them (split-K, as flash-decoding does).
+
+    q: (1, H, T, hd); k, v: (1, Hkv, S, hd), S a multiple of parts; mask: (1, H, T, S), and
+    every run must hold a slot each row sees: for a row that sees nothing in a run the kernel
+    returns log-sum-exp 0, not -inf, which would weigh in that run's (meaningless) output.
+
+    Why: the kernel gives each query head to one thread, which reads its key head's K and V
+    itself. At 8K slots those are 2.2 MB, more than a core's L2 cache, so the 3 query heads of
+    a key head each read them from memory; a run a quarter as long stays in the cache between
+    them (docs/decisions.md, "Decode steps attend in parts")."""
+    _, H, T, hd = q.shape
+    n = k.shape[2] // parts                                             # slots per run
+    k_runs = k[0].unflatten(1, (parts, n)).transpose(0, 1)              # (parts, Hkv, n, hd)
+    v_runs = v[0].unflatten(1, (parts, n)).transpose(0, 1)
+    mask_runs = mask[0].unflatten(2, (parts, n)).permute(2, 0, 1, 3)     # (parts, H, T, n)
+    y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.expand(parts, H, T, hd), k_runs, v_runs, attn_mask=mask_runs)  # y (parts, H, T, hd)
+    share = torch.softmax(lse, dim=0).unsqueeze(-1)                      # (parts, H, T, 1)
+    return (y * share).sum(0, keepdim=True).to(q.dtype)                 # combined in float32

@@ -9,10 +9,13 @@ call per layer. The model hands it un-rotated q, k, v and gets the attention out
 
 Slots, per layer and key head (B = 1: an engine serves one text at a time):
 
-    slot:  0 .. ring-1                  | ring .. ring+n_global-1  | extra slots
-           the ring: the token fed n-th | the starting tokens:     | for extensions
-           lives in slot n % ring,      | their values, and zero   | (topk.py)
-           overwriting n - ring         | keys (scores: the mask)  |
+    slot:  0 .. ring-1                  | ring .. ring+n_global-1  | extra slots     | spare
+           the ring: the token fed n-th | the starting tokens:     | for extensions  | (< 4)
+           lives in slot n % ring,      | their values, and zero   | (topk.py)       |
+           overwriting n - ring         | keys (scores: the mask)  |                 |
+
+The spare slots, zero and always masked, round the count up to a multiple of KV_PARTS, so
+that a decode step can attend to them in equal runs (attention.sdpa_in_parts).
 
 Every ring slot remembers the absolute position it holds (-1 = empty); masks are built from
 those positions, never from slot numbers, so nothing breaks when the ring wraps. The ring
@@ -50,8 +53,14 @@ import math
 import torch
 
 from tinfinite import rope
-from tinfinite.attention import additive, beyond_window, fold, lambda_mask, sdpa
+from tinfinite.attention import KV_PARTS, additive, beyond_window, fold, lambda_mask, sdpa
 from tinfinite.config import ModelConfig
+
+
+def slot_count(ring: int, n_global: int, extra_slots: int) -> int:
+    """Slots per layer and key head: ring, starting tokens, extras, and spare slots up to the
+    next multiple of KV_PARTS."""
+    return -(-(ring + n_global + extra_slots) // KV_PARTS) * KV_PARTS
 
 
 def start_distance_rule(rule: str | int, n_global: int, n_local: int,
@@ -92,11 +101,17 @@ class LambdaCache:
         # float64 on the CPU: positions up to 2^40 keep their angles exact (rope.py)
         self.inv_freq = rope.inverse_frequencies(cfg)
         self.ring = self.ring_slots()
-        shape = (cfg.n_layers, 1, cfg.n_kv_heads, self.ring + n_global + extra_slots, cfg.head_dim)
+        S = slot_count(self.ring, n_global, extra_slots)
+        shape = (cfg.n_layers, 1, cfg.n_kv_heads, S, cfg.head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)      # ring keys: rotated
         self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.keys[:, :, :, self.ring:].zero_()     # starting tokens and extras: zero keys
+        self.keys[:, :, :, self.ring:].zero_()     # starting tokens, extras, spare: zero keys
         self.values[:, :, :, self.ring:].zero_()
+        # A decode step past the window attends in KV_PARTS runs on the CPU (sdpa_in_parts),
+        # where each run surely holds a slot the row sees: the row sees its n_local window
+        # slots, so at most S - n_local are hidden from it, and a longer run holds a visible
+        # one. (A tiny window in many slots: one run.)
+        self.kv_parts = KV_PARTS if self.device.type == "cpu" and S // KV_PARTS > S - n_local else 1
         # The starting tokens' keys, turned back by their distance, rot(k_g, -d_g), stored as
         # the matrix their scores need, (hd, G) per head, times SDPA's 1/sqrt(hd), and in at
         # least float32: a decode step's product is 3 x 64 per head, and in bfloat16 the CPU
@@ -190,9 +205,8 @@ class LambdaCache:
         if self.inside_window:
             n = self.n_seen
             return sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask)
-        mask = self.layer_mask(layer, q)
-        S = mask.shape[-1]
-        return sdpa(q_rot, self.keys[layer, :, :, :S], self.values[layer, :, :, :S], mask)
+        parts = self.kv_parts if q.shape[2] == 1 else 1  # a prefill chunk has rows enough
+        return sdpa(q_rot, self.keys[layer], self.values[layer], self.layer_mask(layer, q), parts)
 
     def store(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         """Write the call's tokens into the ring; the first n_global of the text also into the
@@ -212,7 +226,7 @@ class LambdaCache:
         if G:
             q = fold(q, self.n_kv_heads)[0].to(self.score_dtype)           # (Hkv, rows, hd)
             self.mask[0, :, :, R:R + G] = torch.baddbmm(self.start_bias, q, self.start_keys[layer])
-        return self.mask[..., :R + G]
+        return self.mask
 
 
 def write(ring: torch.Tensor, layer: int, slots: torch.Tensor, src: torch.Tensor):

@@ -5,7 +5,8 @@ What a run allocates up front or grows to, besides the weights (batch 1; "slot" 
 key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes):
 
     cache    the ring (n_local + chunk_size - 1 slots), the starting tokens (n_global slots and
-             their turned-back keys) and the top-k picks (group x top_k_middle slots)
+             their turned-back keys), the top-k picks (group x top_k_middle slots) and < 4
+             spare slots (cache.slot_count)
     mask     the per-head mask of a chunk past the window, kv_heads x (group x chunk_size) x
              (all those slots) in the model's dtype (cache.py)
     logits   a chunk's (chunk_size, vocab) logits in float32, and the float32 copy that
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from tinfinite.cache import slot_count
 from tinfinite.config import ModelConfig
 from tinfinite.errors import UserError
 from tinfinite.settings import shown
@@ -48,7 +50,7 @@ def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
                 "mask": group * chunk_size * ring * itemsize,
                 "logits": 2 * chunk_size * cfg.vocab_size * 4}
     ring = n_local + chunk_size - 1
-    slots = ring + n_global + group * top_k_middle
+    slots = slot_count(ring, n_global, group * top_k_middle)
     need = {"cache": slot * slots + L * Hkv * n_global * hd * itemsize + 8 * ring,
             "mask": Hkv * group * chunk_size * slots * itemsize,
             "logits": 2 * chunk_size * cfg.vocab_size * 4}

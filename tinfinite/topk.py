@@ -106,10 +106,11 @@ class TopKCache(LambdaCache):
         # The last row's picks, at n_local / 2, each head in its own block of top_k slots.
         top, tokens = self.picks(layer, fold(q[:, :, -1:], self.n_kv_heads))
         start, k = self.ring + self.n_global, top.shape[-1]
-        slots = self.values[layer, :, :, start:].unflatten(2, (self.group, self.top_k))
+        end = start + self.group * self.top_k                                # (then spare slots)
+        slots = self.values[layer, :, :, start:end].unflatten(2, (self.group, self.top_k))
         slots[:, :, :, :k] = rows(self.every_value[layer], tokens)
         T = q.shape[2]
-        blocks = self.mask[..., start:].unflatten(2, (self.group, T)).unflatten(-1, (self.group, self.top_k))
+        blocks = self.mask[..., start:end].unflatten(2, (self.group, T)).unflatten(-1, (self.group, self.top_k))
         for g in range(self.group):  # row (head g, last t) sees block g only
             blocks[:, :, g, -1, g, :k] = top[:, :, g]
         return self.mask

@@ -138,7 +138,7 @@ def run_tinfinite(case: dict, ids: list[int]) -> dict:
                  for p in [*model.parameters(), *model.buffers()])
     if model.lm_head is not None:
         params -= model.embed_tokens.weight.numel() * model.embed_tokens.weight.element_size()
-    itemsize = model.embed_tokens.weight.element_size()
+    itemsize = engine.kv_dtype.itemsize  # of the cache's keys and values (--kv-dtype)
     step_bytes = tinfinite_step_bytes(params, model.cfg, len(prompt), engine.n_global,
                                       engine.n_local, itemsize, engine.chunk_size)
     return {**out, "prefill_tokens": len(prompt), "prefill_seconds": prefill_s,

@@ -148,7 +148,7 @@ def decode_tinfinite(case: dict, ids: list[int]):
 
     def step_bytes(context: int) -> int:
         return tinfinite_step_bytes(params, model.cfg, context, engine.n_global, engine.n_local,
-                                    model.embed_tokens.weight.element_size(), engine.chunk_size)
+                                    engine.kv_dtype.itemsize, engine.chunk_size)
 
     return run, params, step_bytes, {"n_local": engine.n_local, "n_global": engine.n_global}
 

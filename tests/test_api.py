@@ -316,6 +316,24 @@ def test_the_cli_reports_the_dtype_it_chose(folder, capsys):
     assert "| float32]" in capsys.readouterr().err
 
 
+def test_the_cache_is_float32_on_the_cpu_unless_told(tmp_path):
+    """kv_dtype "auto": float32 keys and values on the CPU even for a bfloat16 model (torch's
+    attention is faster in it there); asked for, as asked. Either way the model runs in its
+    own dtype, and the two caches give nearly, not exactly, the same logits."""
+    folder = tiny_llama(tmp_path / "m", torch_dtype="bfloat16")
+    where = dict(dtype="bfloat16", n_local=24, chunk_size=8)
+    auto, told = Engine.load(folder, **where), Engine.load(folder, kv_dtype="bfloat16", **where)
+    assert auto.dtype == told.dtype == "bfloat16"
+    assert auto.cache.keys.dtype == auto.cache.values.dtype == torch.float32
+    assert told.cache.keys.dtype == told.cache.values.dtype == torch.bfloat16
+    ids = list(range(3, 70))                     # past the window of 24
+    a, b = auto.prefill(ids).float(), told.prefill(ids).float()
+    assert not torch.equal(a, b)
+    assert torch.allclose(a, b, atol=0.05 * a.abs().max().item()), (a - b).abs().max()
+    refused(lambda: Engine.load(folder, kv_dtype="int8"), "kv_dtype='int8': choose one of",
+            "kv_dtype")
+
+
 # --- calls take turns --------------------------------------------------------------------------
 
 def greedy(llm, prompt, pause=0.0) -> str:

@@ -153,6 +153,14 @@ def test_ctrl_c_keeps_the_text_so_far(model):
     assert made.startswith(text)
 
 
+def test_kv_dtype_sets_the_cache_and_the_json_says_which(capsys, model, tmp_path):
+    (tmp_path / "t.txt").write_text(" ".join(CORPUS), encoding="utf-8")
+    flags = ("--file", tmp_path / "t.txt", "--n-local", 16, "--chunk-size", 8)
+    auto, half = perplexity(capsys, model, *flags), perplexity(capsys, model, *flags, "--kv-dtype", "float16")
+    assert (auto["kv_dtype"], half["kv_dtype"]) == ("float32", "float16")
+    assert auto["nll"] != half["nll"] and half["nll"] == pytest.approx(auto["nll"], rel=0.01)
+
+
 def test_start_distances_take_a_rule_or_a_distance(capsys, model, tmp_path):
     """--start-distances: a rule's name or an integer; the JSON says which one ran, and a
     distance other than the ceiling scores differently past the window."""

@@ -198,7 +198,12 @@ class LambdaCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store this call's keys and values in the layer's slots, then attend.
 
-        q: (B, H, T, hd), k, v: (B, Hkv, T, hd), q and k un-rotated. Returns (B, H, T, hd)."""
+        q: (B, H, T, hd), k, v: (B, Hkv, T, hd), q and k un-rotated, in the model's dtype.
+        Returns (B, H, T, hd) in that dtype; attention itself runs in the cache's dtype."""
+        model_dtype = q.dtype
+        return self._attend(layer, q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)).to(model_dtype)
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_rot = rope.rotate(q, self.cos, self.sin)                         # at true positions
         k_rot = rope.rotate(k, self.cos, self.sin)
         self.store(layer, k, k_rot, v)

@@ -61,8 +61,8 @@ def model_flags(p: argparse.ArgumentParser):
                    help="also attend, from the last row of each call, to the K best middle "
                         "tokens per head (the paper's retrieval variant). Memory then GROWS "
                         "with the input: every token's key and value is kept, "
-                        "2 x layers x kv_heads x head_dim x dtype bytes per token (23 KB for "
-                        "the default model in bfloat16), in a buffer that doubles as it "
+                        "2 x layers x kv_heads x head_dim x --kv-dtype bytes per token (46 KB "
+                        "for the default model on the CPU), in a buffer that doubles as it "
                         "fills. Off (0) by default")
     p.add_argument("--top-k-from-layer", type=int, default=settings.TOP_K_FROM_LAYER,
                    help=f"first layer (from 0) that uses --top-k-middle "
@@ -82,6 +82,10 @@ def model_flags(p: argparse.ArgumentParser):
                         "(default: all at --n-local, but at most half the trained length), "
                         "ceiling (the paper: all at --n-local), spread (token g at "
                         "n_local - 1 - g) or N (all at distance N)")
+    p.add_argument("--kv-dtype", default=settings.KV_DTYPE, choices=settings.KV_DTYPES,
+                   help="dtype of the KV cache, in which attention runs (default auto: "
+                        "float32 on the CPU, where attention is faster in it; the model's "
+                        "dtype elsewhere)")
     p.add_argument("--chunk-size", type=int, default=settings.CHUNK_SIZE,
                    help=f"prefill chunk in tokens ({settings.CHUNK_SIZE})")
     p.add_argument("--threads", type=int, metavar="N",
@@ -192,7 +196,7 @@ def load_engine(a):
                        top_k_from_layer=a.top_k_from_layer, top_k_block=a.top_k_block,
                        top_k_offload=a.top_k_offload,
                        threads=a.threads, compile=a.compile,
-                       start_distances=a.start_distances)
+                       start_distances=a.start_distances, kv_dtype=a.kv_dtype)
 
 
 def run_generate(a):
@@ -252,6 +256,7 @@ def run_perplexity(a):
               "attention": a.attention, "n_local": engine.n_local, "n_global": engine.n_global,
               "top_k_middle": engine.top_k_middle, "top_k_block": engine.top_k_block,
               "start_distances": engine.start_distances, "dtype": engine.dtype,
+              "kv_dtype": str(engine.kv_dtype).removeprefix("torch."),
               "seconds": round(seconds, 2), "tokens_per_second": round(total.tokens / seconds, 1),
               "peak_rss_mb": round(peak_rss_mb(), 1),
               "buckets": [b.as_dict() for b in buckets.all()]}
@@ -293,7 +298,8 @@ def run_passkey(a):
                           "n_global": engine.n_global, "top_k_middle": engine.top_k_middle,
                           "top_k_block": engine.top_k_block,
                           "start_distances": engine.start_distances,
-                          "truncate": a.truncate, "dtype": engine.dtype, "seed": a.seed,
+                          "truncate": a.truncate, "dtype": engine.dtype,
+                          "kv_dtype": str(engine.kv_dtype).removeprefix("torch."), "seed": a.seed,
                           **summary, "trials": results}))
     else:
         for n, acc in summary["accuracy"].items():
@@ -336,7 +342,7 @@ def peak_rss_mb() -> float:
 # is not "--" + the name with "-" for "_".
 PARAMS = ("model_dir", "dtype", "device", "quantize", "threads", "attention", "n_local",
           "n_global", "chunk_size", "top_k_middle", "top_k_from_layer", "top_k_block",
-          "top_k_offload", "start_distances", "compile",
+          "top_k_offload", "start_distances", "kv_dtype", "compile",
           "prompt", "chat",
           "system", "stop", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
           "ignore_eos")

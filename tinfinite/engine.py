@@ -126,8 +126,9 @@ class Engine:
                  top_k_block: int = settings.TOP_K_BLOCK,
                  top_k_offload: str | None = None,
                  start_distances: str | int = settings.START_DISTANCE,
-                 compile: bool = settings.COMPILE):
+                 kv_dtype: str = settings.KV_DTYPE, compile: bool = settings.COMPILE):
         settings.choice("attention", attention, settings.ATTENTIONS)
+        settings.choice("kv_dtype", kv_dtype, settings.KV_DTYPES)
         compile = settings.boolean("compile", compile)
         start_distances = settings.start_distances(start_distances)
         n_global = settings.integer("n_global", n_global, 0, none_ok=True)
@@ -172,6 +173,10 @@ class Engine:
         self.top_k_middle, self.top_k_from_layer = top_k_middle, top_k_from_layer
         self.top_k_block, self.top_k_offload = top_k_block, top_k_offload
         self.start_distances = start_distances
+        w = model.embed_tokens.weight
+        # The cache's keys and values, and the attention over them (settings.KV_DTYPE).
+        self.kv_dtype = settings.auto_kv_dtype(w.dtype, w.device) if kv_dtype == "auto" \
+            else settings.TORCH_DTYPES[kv_dtype]
         self.stats = Stats()
         self._cache: LambdaCache | None = None
         self._unfed: int | None = None  # the last generated token, if it is not in the cache
@@ -185,8 +190,8 @@ class Engine:
              threads: int | None = settings.THREADS, compile: bool = settings.COMPILE,
              **options) -> "Engine":
         """Load a Hugging Face Llama folder. options: n_global, n_local, attention, chunk_size,
-        top_k_middle, top_k_from_layer, top_k_block, top_k_offload, start_distances (see
-        Engine).
+        top_k_middle, top_k_from_layer, top_k_block, top_k_offload, start_distances, kv_dtype
+        (see Engine).
 
         dtype: "auto" (default) is the checkpoint's own dtype (config.json's torch_dtype)
         where the device computes in it natively, else float32: bfloat16 on a CPU with
@@ -238,7 +243,7 @@ class Engine:
         """The preallocated cache, made on first use and reused by every call."""
         if self._cache is None:
             cfg, w = self.model.cfg, self.model.embed_tokens.weight
-            where = dict(max_chunk=self.chunk_size, dtype=w.dtype, device=w.device)
+            where = dict(max_chunk=self.chunk_size, dtype=self.kv_dtype, device=w.device)
             if self.attention == "full":
                 self._cache = FullCache(cfg, **where)
                 return self._cache
@@ -284,7 +289,7 @@ class Engine:
         w = self.model.embed_tokens.weight
         need = memory.run_bytes(self.model.cfg, attention=self.attention, n_local=self.n_local,
                                 n_global=self.n_global, chunk_size=self.chunk_size,
-                                top_k_middle=self.top_k_middle, itemsize=w.element_size(),
+                                top_k_middle=self.top_k_middle, itemsize=self.kv_dtype.itemsize,
                                 tokens=tokens, top_k_block=self.top_k_block)
         used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
                     chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)

@@ -8,7 +8,7 @@ key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes)
              their turned-back keys), the top-k picks (group x top_k_middle slots) and < 4
              spare slots (cache.slot_count)
     mask     the per-head mask of a chunk past the window, kv_heads x (group x chunk_size) x
-             (all those slots) in the model's dtype (cache.py)
+             (all those slots) in the cache's dtype (kv_dtype; cache.py)
     logits   a chunk's (chunk_size, vocab) logits in float32, and the float32 copy that
              cross-entropy takes (Engine.token_nlls)
     grows    top_k_middle keeps every token's slot, in a buffer that doubles (2 x chunk_size

@@ -2,6 +2,7 @@
 
     python bench/kv_parts.py                        # default model, bfloat16, 9K and 16K
     python bench/kv_parts.py --contexts 4096,9000 --steps 60
+    python bench/kv_parts.py --kv-dtype bfloat16        # the cache in the model's bfloat16
 
 For each context the cache is filled synthetically (size_bench.fill_tinfinite), then decode
 steps alternate between cache.kv_parts = 1 and KV_PARTS, one step each, in one process, so a
@@ -27,10 +28,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="weights/SmolLM2-135M-Instruct")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--kv-dtype", default="auto", help="the engine's kv_dtype (auto: float32 on the CPU)")
     p.add_argument("--contexts", default="9000,16384")
     p.add_argument("--steps", type=int, default=60, help="steps of each setting per context")
     a = p.parse_args()
-    engine = Engine.load(a.model, dtype=a.dtype)
+    engine = Engine.load(a.model, dtype=a.dtype, kv_dtype=a.kv_dtype)
     cache, x = engine.cache, torch.tensor([[1000]])
     for context in map(int, a.contexts.split(",")):
         fill_tinfinite(engine, context)
@@ -42,7 +44,8 @@ def main():
                 engine.model(x, cache)
                 if i >= 6:  # 3 warm-up steps of each
                     times[cache.kv_parts].append(time.perf_counter() - t0)
-        print(json.dumps({"context": context, "dtype": a.dtype, "steps": a.steps,
+        print(json.dumps({"context": context, "dtype": a.dtype,
+                          "kv_dtype": str(cache.dtype).removeprefix("torch."), "steps": a.steps,
                           "threads": torch.get_num_threads(), "cpu": cpu_name(),
                           "ms_one_run": round(statistics.median(times[1]) * 1e3, 2),
                           f"ms_{KV_PARTS}_runs": round(statistics.median(times[KV_PARTS]) * 1e3, 2)}),

@@ -133,7 +133,7 @@ def sdpa_in_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     returns log-sum-exp 0, not -inf, which would weigh in that run's (meaningless) output.
 
     Why: the kernel gives each query head to one thread, which reads its key head's K and V
-    itself. At 8K slots those are 2.2 MB, more than a core's L2 cache, so the 3 query heads of
+    itself. At 8K slots those are 4.4 MB in float32 (2.2 in bfloat16), more than a core's L2 cache, so the 3 query heads of
     a key head each read them from memory; a run a quarter as long stays in the cache between
     them (docs/decisions.md, "Decode steps attend in parts")."""
     _, H, T, hd = q.shape

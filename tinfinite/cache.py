@@ -199,19 +199,20 @@ class LambdaCache:
         """Store this call's keys and values in the layer's slots, then attend.
 
         q: (B, H, T, hd), k, v: (B, Hkv, T, hd), q and k un-rotated, in the model's dtype.
-        Returns (B, H, T, hd) in that dtype; attention itself runs in the cache's dtype."""
+        Returns (B, H, T, hd) in that dtype. Attention runs in the cache's dtype, which may be
+        wider (settings.KV_DTYPE): the call's T rows are turned into it, and back."""
         model_dtype = q.dtype
-        return self._attend(layer, q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)).to(model_dtype)
-
-    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)    # no-ops if the same
         q_rot = rope.rotate(q, self.cos, self.sin)                         # at true positions
         k_rot = rope.rotate(k, self.cos, self.sin)
         self.store(layer, k, k_rot, v)
         if self.inside_window:
             n = self.n_seen
-            return sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask)
-        parts = self.kv_parts if q.shape[2] == 1 else 1  # a prefill chunk has rows enough
-        return sdpa(q_rot, self.keys[layer], self.values[layer], self.layer_mask(layer, q), parts)
+            y = sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask)
+        else:
+            parts = self.kv_parts if q.shape[2] == 1 else 1  # a prefill chunk has rows enough
+            y = sdpa(q_rot, self.keys[layer], self.values[layer], self.layer_mask(layer, q), parts)
+        return y.to(model_dtype)
 
     def store(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         """Write the call's tokens into the ring; the first n_global of the text also into the

@@ -101,8 +101,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
 
     q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd) the slots attended over; mask:
     additive, (T, S) the same for every head, or (B, Hkv, group * T, S) with rows in the order
-    of fold(), or None (every key visible to every row). parts > 1 (CPU, B = 1, a 4-D mask):
-    the slots attended in that many runs, as sdpa_in_parts says. Returns (B, H, T, hd)."""
+    of fold(), or None (every key visible to every row). parts > 1 (CPU, B = 1, T = 1, a 4-D
+    mask): the slots attended in that many runs, as sdpa_in_parts says. Returns (B, H, T, hd)."""
     B, H, T, hd = q.shape
     if q.device.type == "cuda":
         if mask is not None and mask.dim() == 2:
@@ -110,15 +110,22 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
         with sdpa_kernel(CUDA_BACKENDS[mask is not None]):
             y = F.scaled_dot_product_attention(fold(q, k.shape[1]), k, v, attn_mask=mask)
         return y.reshape(B, H, T, hd)  # CUDA kernels may return y not contiguous
-    # On the CPU the flash kernel takes the query heads as they are and reads each key head
-    # for its group itself (enable_gqa): one work item per query head, not per key head, and
-    # a decode step's calls took 0.6-0.85x the time of the same calls on folded rows
-    # (docs/decisions.md, "Grouped-query heads on the CPU"). A mask in fold() order is the same
-    # memory as one per query head.
+    if T == 1:
+        # A decode step on the CPU: the query heads of a key head as its rows (fold), so that
+        # the flash kernel's work item, one per head and query block, reads each key head once
+        # for its whole group, in 3-row matmuls, not once per query head in 1-row ones
+        # (docs/decisions.md, "Decode steps on the CPU: folded rows").
+        qf = fold(q, k.shape[1])                                          # (B, Hkv, group, hd)
+        if parts > 1:
+            return sdpa_in_parts(qf, k, v, mask, parts).view(B, H, T, hd)
+        return F.scaled_dot_product_attention(qf, k, v, attn_mask=mask).view(B, H, T, hd)
+    # A prefill chunk on the CPU: the flash kernel takes the query heads as they are and reads
+    # each key head for its group itself (enable_gqa), one work item per query head and query
+    # block, and the (T, S) mask of a chunk inside the window serves every head as it is
+    # (docs/decisions.md, "Grouped-query heads on the CPU"). A mask in fold() order is the
+    # same memory as one per query head.
     if mask is not None and mask.dim() == 4:
         mask = mask.view(B, H, T, mask.shape[-1])
-    if parts > 1:
-        return sdpa_in_parts(q, k, v, mask, parts)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
@@ -128,20 +135,20 @@ def sdpa_in_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     flash-kernel call with the runs as its batch, each run's output weighed by its share of
     the softmax, exp(its log-sum-exp) / the sum of them (split-K, as flash-decoding does).
 
-    q: (1, H, T, hd); k, v: (1, Hkv, S, hd), S a multiple of parts; mask: (1, H, T, S), and
-    every run must hold a slot each row sees: for a row that sees nothing in a run the kernel
-    returns log-sum-exp 0, not -inf, which would weigh in that run's (meaningless) output.
+    q: (1, Hq, T, hd), Hq a multiple of Hkv (a decode step's folded rows: Hq = Hkv); k, v:
+    (1, Hkv, S, hd), S a multiple of parts; mask: (1, Hq, T, S), and every run must hold a
+    slot each row sees: for a row that sees nothing in a run the kernel returns log-sum-exp 0,
+    not -inf, which would weigh in that run's (meaningless) output.
 
-    Why: the kernel gives each query head to one thread, which reads its key head's K and V
-    itself. At 8K slots those are 4.4 MB in float32 (2.2 in bfloat16), more than a core's L2 cache, so the 3 query heads of
-    a key head each read them from memory; a run a quarter as long stays in the cache between
-    them (docs/decisions.md, "Decode steps attend in parts")."""
-    _, H, T, hd = q.shape
+    Why: the kernel gives each head and query block to one thread; for a decode step that is
+    3 work items (the folded key heads) for 2 threads, and in 4 runs 12 (docs/decisions.md,
+    "Decode steps attend in parts")."""
+    _, Hq, T, hd = q.shape
     n = k.shape[2] // parts                                             # slots per run
     k_runs = k[0].unflatten(1, (parts, n)).transpose(0, 1)              # (parts, Hkv, n, hd)
     v_runs = v[0].unflatten(1, (parts, n)).transpose(0, 1)
-    mask_runs = mask[0].unflatten(2, (parts, n)).permute(2, 0, 1, 3)     # (parts, H, T, n)
+    mask_runs = mask[0].unflatten(2, (parts, n)).permute(2, 0, 1, 3)     # (parts, Hq, T, n)
     y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q.expand(parts, H, T, hd), k_runs, v_runs, attn_mask=mask_runs)  # y (parts, H, T, hd)
-    share = torch.softmax(lse, dim=0).unsqueeze(-1)                      # (parts, H, T, 1)
+        q.expand(parts, Hq, T, hd), k_runs, v_runs, attn_mask=mask_runs)  # (parts, Hq, T, hd)
+    share = torch.softmax(lse, dim=0).unsqueeze(-1)                      # (parts, Hq, T, 1)
     return (y * share).sum(0, keepdim=True).to(q.dtype)                 # combined in float32

@@ -9,8 +9,8 @@ One "step" = the 30 layers' calls of the default model (9 query heads, 3 key hea
 a real step. "folded": q (1, 3, 3*T, 64) with a mask in that row order, what attention.sdpa
 does on the CPU for a decode step; "gqa": q (1, 9, T, 64) with enable_gqa=True and the same
 mask viewed per query head, what it does for a prefill chunk. For decode steps also both in
-KV_PARTS runs (attention.sdpa_in_parts), as a step attends past the window and, from
-PARTS_FROM keys on, inside it. All give the same output (checked). The ways of a shape are
+KV_PARTS runs (attention.sdpa_in_parts), as a step attends past the window (folded rows
+there). All give the same output (checked). The ways of a shape are
 timed in turn, one step each, so that drift hits them alike; medians of --repeats, ms per
 step. The result is written down in docs/decisions.md.
 """

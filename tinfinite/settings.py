@@ -43,9 +43,9 @@ START_DISTANCES = ("capped", "ceiling", "spread")
 START_DISTANCE = "capped"
 
 # The dtype of the KV cache, in which attention runs. auto: float32 on the CPU, where torch's
-# flash kernel takes a decode step's calls 1.2-6.5x faster in float32 than in bfloat16, for
-# twice the cache's memory (docs/decisions.md, "The KV cache in float32 on the CPU"); the
-# model's dtype elsewhere.
+# flash kernel runs a decode step's calls faster in float32 than in bfloat16, for twice the
+# cache's memory (docs/decisions.md, "The KV cache in float32 on the CPU"); the model's dtype
+# elsewhere.
 KV_DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_DTYPE = "auto"
 

@@ -406,6 +406,24 @@ def test_an_abandoned_generator_releases_the_engine(llm):
     del never_started
 
 
+def test_a_prompt_starts_with_one_call_over_the_window(llm):
+    """Inside the window the rule is causal attention, so a prompt's first call into an empty
+    cache takes up to the window (n_local = 24 here) with the kernel's causal flag and no
+    mask; the rest, and a resumed prompt, goes in chunks (chunk_size = 8)."""
+    calls = []
+    hook = llm.model.register_forward_pre_hook(lambda model, args: calls.append(args[0].shape[1]))
+    try:
+        llm.prefill(list(range(3, 13)))
+        assert calls == [10] and llm.cache.causal and llm.cache.mask is None
+        llm.prefill(list(range(3, 23)), resume=True)
+        assert calls == [10, 8, 8, 4] and not llm.cache.causal
+        calls.clear()
+        llm.prefill(list(range(3, 43)))
+        assert calls == [24, 8, 8]
+    finally:
+        hook.remove()
+
+
 # --- memory: refused before allocating ---------------------------------------------------------
 
 def fake_free(monkeypatch, free: int):
@@ -416,6 +434,7 @@ def test_the_estimate_counts_every_item(llm):
     cfg = llm.model.cfg                          # 2 layers, 2 kv heads of 4 heads, head_dim 16
     slot = 2 * 2 * 2 * 16 * 4                    # K and V, every layer, float32
     ring, n_global, chunk, group = 64 + 8 - 1, 64, 8, 2
+    per_token = (4 * cfg.hidden_dim + 8 * cfg.dim) * 4           # activations, float32 model
     need = memory.run_bytes(cfg, attention="lambda", n_local=64, n_global=n_global,
                             chunk_size=chunk, top_k_middle=3, itemsize=4, tokens=100)
     slots = ring + n_global + group * 3 + 3      # + spare slots: 144, 4 equal runs
@@ -423,6 +442,7 @@ def test_the_estimate_counts_every_item(llm):
         "cache": slot * slots + 2 * 2 * n_global * 16 * 4 + 8 * ring,  # + start keys, positions
         "mask": 2 * group * chunk * slots * 4,                          # per head, wide chunk
         "logits": 2 * chunk * cfg.vocab_size * 4,                       # and the float32 copy
+        "activations": 64 * per_token,                                  # a first call: the window
         "top-k keys/values": slot * 128 + slot * 64,                    # 16 -> 128, and the old half
     }
     by_blocks = memory.run_bytes(cfg, attention="lambda", n_local=64, n_global=n_global,
@@ -432,7 +452,10 @@ def test_the_estimate_counts_every_item(llm):
     full = memory.run_bytes(cfg, attention="full", n_local=64, n_global=0, chunk_size=chunk,
                             top_k_middle=0, itemsize=4, tokens=100)
     assert full == {"cache": slot * 128 + slot * 64 + 8 * 128, "mask": group * chunk * 128 * 4,
-                    "logits": 2 * chunk * cfg.vocab_size * 4}
+                    "logits": 2 * chunk * cfg.vocab_size * 4, "activations": 64 * per_token}
+    short = memory.run_bytes(cfg, attention="lambda", n_local=64, n_global=n_global,
+                             chunk_size=chunk, top_k_middle=0, itemsize=4, tokens=10)
+    assert short["activations"] == 10 * per_token              # a prompt shorter than the window
 
 
 def test_a_run_fits_exactly_in_what_is_free(llm, monkeypatch):

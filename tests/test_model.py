@@ -12,7 +12,7 @@ import torch
 from tests.reference import reference_logits
 from tests.tiny import make_tiny_model, tiny_config
 from tinfinite.attention import KV_PARTS, additive, lambda_mask
-from tinfinite.cache import FullCache, LambdaCache
+from tinfinite.cache import FullCache, LambdaCache, first_call_tokens
 from tinfinite.checkpoint import load_model
 from tinfinite.rope import inverse_frequencies
 from tinfinite.topk import TopKCache
@@ -20,9 +20,20 @@ from tinfinite.topk import TopKCache
 UNBOUNDED = 10 ** 9
 
 
+def call_ends(n_ids: int, first: int, chunk: int) -> list[int]:
+    """Where each call ends when n_ids tokens are fed `first` into the empty cache, then
+    `chunk` at a time."""
+    ends = [min(first, n_ids)]
+    while ends[-1] < n_ids:
+        ends.append(min(ends[-1] + chunk, n_ids))
+    return ends
+
+
 def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=False, top_k=0,
-        from_layer=4, start_distances="ceiling", block=0):
-    """Feed ids in chunks through a fresh cache; return (T, vocab) logits of every position.
+        from_layer=4, start_distances="ceiling", block=0, window_first=True):
+    """Feed ids through a fresh cache as Engine.prefill does, the first call as many tokens as
+    the cache takes (up to the window), then chunks; return (T, vocab) logits of every
+    position. window_first=False: chunks from the first token on.
 
     dirty: fill the memory the cache reserves with torch.empty (the ring, every token's keys
     for top-k) with NaN first, as uninitialised memory may be."""
@@ -43,8 +54,15 @@ def run(model, ids, *, n_global, n_local, chunk, offset=0, dtype=None, dirty=Fal
                 t.fill_(float("nan"))
     cache.reset(first_position=offset)
     x = torch.tensor([ids])
-    out = [model(x[:, s:s + chunk], cache, last_only=False) for s in range(0, len(ids), chunk)]
+    ends = call_ends(len(ids), cache.call_limit() if window_first else chunk, chunk)
+    out = [model(x[:, s:e], cache, last_only=False) for s, e in zip([0] + ends, ends)]
     return torch.cat(out, dim=1)[0]
+
+
+def last_rows(model, ids, n_local, chunk, window_first=True) -> set[int]:
+    """The last row of each call, as run() feeds ids (the rows top-k picks keys for)."""
+    first = first_call_tokens(model.cfg, n_local, chunk) if window_first else chunk
+    return {e - 1 for e in call_ends(len(ids), first, chunk)}
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -75,10 +93,13 @@ def test_lambda_attention_equals_rule_for_random_settings(tmp_path):
             n_global, n_local = 5, 1  # far before all starting tokens have arrived
         chunk = rng.randint(1, 9)
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 60))]
-        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk)
+        window_first = trial % 3 != 0  # else chunks inside the window too, each with its mask
+        got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk,
+                  window_first=window_first)
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
                                 inverse_frequencies(model.cfg))
-        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids))
+        setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, T=len(ids),
+                       window_first=window_first)
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
 
 
@@ -165,9 +186,9 @@ def test_top_k_middle_attention_equals_rule(tmp_path):
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
                   from_layer=from_layer)
-        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
-                                inverse_frequencies(model.cfg), top_k, from_layer, last_rows)
+                                inverse_frequencies(model.cfg), top_k, from_layer,
+                                last_rows(model, ids, n_local, chunk))
         plain = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
                                  inverse_frequencies(model.cfg))
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, T=len(ids))
@@ -190,9 +211,8 @@ def test_top_k_by_blocks_equals_its_rule(tmp_path):
         ids = [rng.randrange(96) for _ in range(rng.randint(40, 55))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
                   from_layer=0, block=block)
-        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
         args = (state, tiny_config(**over), ids, n_global, n_local, n_local,
-                inverse_frequencies(model.cfg), top_k, 0, last_rows)
+                inverse_frequencies(model.cfg), top_k, 0, last_rows(model, ids, n_local, chunk))
         want = reference_logits(*args, block=block)
         setting = dict(n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k, block=block)
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
@@ -242,10 +262,9 @@ def test_starting_tokens_inside_the_range_equal_their_rule(tmp_path):
         ids = [rng.randrange(96) for _ in range(rng.randint(30, 50))]
         got = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,
                   from_layer=0, start_distances=rule)
-        last_rows = {min(s + chunk, len(ids)) - 1 for s in range(0, len(ids), chunk)}
         want = reference_logits(state, tiny_config(**over), ids, n_global, n_local, n_local,
-                                inverse_frequencies(model.cfg), top_k, 0, last_rows,
-                                start_distance=distance)
+                                inverse_frequencies(model.cfg), top_k, 0,
+                                last_rows(model, ids, n_local, chunk), start_distance=distance)
         setting = dict(rule=rule, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k)
         assert torch.allclose(got, want, atol=1e-9, rtol=0), (setting, (got - want).abs().max())
         ceiling = run(model, ids, n_global=n_global, n_local=n_local, chunk=chunk, top_k=top_k,

@@ -31,6 +31,7 @@ additive mask may hold any number, not only 0 and -inf: that is how one call sco
 keys at their true distance and starting tokens at the ceiling (see cache.py).
 """
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -96,14 +97,24 @@ KV_PARTS = 4
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-         parts: int = 1) -> torch.Tensor:
+         parts: int = 1, causal: bool = False) -> torch.Tensor:
     """The one scaled_dot_product_attention call of a layer.
 
     q: (B, H, T, hd) rotated queries; k, v: (B, Hkv, S, hd) the slots attended over; mask:
     additive, (T, S) the same for every head, or (B, Hkv, group * T, S) with rows in the order
     of fold(), or None (every key visible to every row). parts > 1 (CPU, B = 1, T = 1, a 4-D
-    mask): the slots attended in that many runs, as sdpa_in_parts says. Returns (B, H, T, hd)."""
+    mask): the slots attended in that many runs, as sdpa_in_parts says. causal (mask None,
+    S = T: the call's own tokens are all its keys): row t sees keys 0..t, through the
+    kernel's causal flag, which needs no mask and skips the blocks above the diagonal.
+    Returns (B, H, T, hd)."""
     B, H, T, hd = q.shape
+    if causal:
+        # The flag aligns the triangle to the top left, so it is this rule only when the keys
+        # are the queries' own tokens; folded rows would break it (row t of the second head
+        # of a group would see t + T keys), so the heads stay as they are (enable_gqa).
+        assert mask is None and k.shape[2] == T, "a causal call attends to its own tokens only"
+        with sdpa_kernel(CUDA_BACKENDS[False]) if q.device.type == "cuda" else nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if q.device.type == "cuda":
         if mask is not None and mask.dim() == 2:
             mask = mask.repeat(H // k.shape[1], 1)                         # (group * T, S)

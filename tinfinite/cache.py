@@ -57,6 +57,11 @@ from tinfinite.attention import KV_PARTS, additive, beyond_window, fold, lambda_
 from tinfinite.config import ModelConfig
 
 
+def first_call_tokens(cfg: ModelConfig, n_local: int, max_chunk: int) -> int:
+    """How many tokens the first call into an empty cache may take (LambdaCache.call_limit)."""
+    return max(max_chunk, min(n_local, cfg.max_position_embeddings))
+
+
 def slot_count(ring: int, n_global: int, extra_slots: int) -> int:
     """Slots per layer and key head: ring, starting tokens, extras, and spare slots up to the
     next multiple of KV_PARTS."""
@@ -101,6 +106,7 @@ class LambdaCache:
         # float64 on the CPU: positions up to 2^40 keep their angles exact (rope.py)
         self.inv_freq = rope.inverse_frequencies(cfg)
         self.ring = self.ring_slots()
+        self.first_call = first_call_tokens(cfg, n_local, max_chunk)
         S = slot_count(self.ring, n_global, extra_slots)
         shape = (cfg.n_layers, 1, cfg.n_kv_heads, S, cfg.head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)      # ring keys: rotated
@@ -129,6 +135,14 @@ class LambdaCache:
     def ring_slots(self) -> int:
         return self.n_local + self.max_chunk - 1
 
+    def call_limit(self) -> int:
+        """The most tokens the next call may take: max_chunk, and into an empty cache the
+        whole window (at most the trained length). Those tokens fill slots 0 .. T-1 of a ring
+        at least n_local long, and inside the window the rule is causal attention over them:
+        one call with the kernel's causal flag and no mask, as a vanilla engine prefills
+        (docs/decisions.md, "A prompt's first call: the whole window")."""
+        return self.first_call if self.n_seen == 0 else self.max_chunk
+
     def turn_back(self, distances: torch.Tensor):
         """cos, sin (N, hd) of rotations by -distances (N,): the rotations by distances,
         inverted (the same cosines, the sines negated), so that rope.rotate turns keys back."""
@@ -148,7 +162,7 @@ class LambdaCache:
         """Take slots for the next T tokens and make this call's RoPE tables and mask.
 
         Returns their absolute positions (T,). Every layer then calls attend()."""
-        assert 0 < T <= self.max_chunk, f"chunk of {T} tokens, cache made for {self.max_chunk}"
+        assert 0 < T <= self.call_limit(), f"call of {T} tokens, at most {self.call_limit()} here"
         n = self.n_seen
         positions = torch.arange(n + self.first, n + self.first + T)  # on the CPU, for RoPE
         self.slots = torch.arange(n, n + T, device=self.device) % self.ring
@@ -158,17 +172,19 @@ class LambdaCache:
         self.n_seen = n + T
         self.cos, self.sin = rope.cos_sin(positions, self.inv_freq, self.dtype, self.device)  # (T, hd)
         self.inside_window = n + T - 1 < self.n_local
+        self.causal = self.inside_window and n == 0  # the call's own tokens are all its keys
         self.decoding = self.decoding and T == 1 and not self.inside_window
         self.mask = self.call_mask(here)
         return positions
 
     def call_mask(self, positions: torch.Tensor) -> torch.Tensor | None:
         """This call's additive mask: (T, filled ring) inside the window, the same for every
-        head (None for one token: it sees every key); else (1, Hkv, group*T, all slots), rows
-        in fold() order, the starting-token columns to be filled by each layer (layer_mask)."""
+        head (None for one token, which sees every key, and for a causal call); else
+        (1, Hkv, group*T, all slots), rows in fold() order, the starting-token columns to be
+        filled by each layer (layer_mask)."""
         T = len(positions)
         if self.inside_window:
-            if T == 1:
+            if T == 1 or self.causal:
                 return None
             return additive(lambda_mask(positions, self.pos[:self.n_seen], self.n_local),
                             self.dtype)                                      # (T, R)
@@ -208,7 +224,8 @@ class LambdaCache:
         self.store(layer, k, k_rot, v)
         if self.inside_window:
             n = self.n_seen
-            y = sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask)
+            y = sdpa(q_rot, self.keys[layer, :, :, :n], self.values[layer, :, :, :n], self.mask,
+                     causal=self.causal)
         else:
             parts = self.kv_parts if q.shape[2] == 1 else 1  # a prefill chunk has rows enough
             y = sdpa(q_rot, self.keys[layer], self.values[layer], self.layer_mask(layer, q), parts)
@@ -260,6 +277,7 @@ class FullCache(LambdaCache):
 
     def ring_slots(self) -> int:
         return 2 * self.max_chunk  # to start with
+
 
     def begin(self, T: int) -> torch.Tensor:
         if self.n_seen + T > self.ring:

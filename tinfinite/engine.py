@@ -290,7 +290,8 @@ class Engine:
         need = memory.run_bytes(self.model.cfg, attention=self.attention, n_local=self.n_local,
                                 n_global=self.n_global, chunk_size=self.chunk_size,
                                 top_k_middle=self.top_k_middle, itemsize=self.kv_dtype.itemsize,
-                                tokens=tokens, top_k_block=self.top_k_block)
+                                tokens=tokens, top_k_block=self.top_k_block,
+                                model_itemsize=self.model.embed_tokens.weight.element_size())
         used = dict(attention=self.attention, n_local=self.n_local, n_global=self.n_global,
                     chunk_size=self.chunk_size, top_k_middle=self.top_k_middle, dtype=self.dtype)
         if self.top_k_offload:  # the growing keys and values go to disk, not RAM
@@ -321,8 +322,11 @@ class Engine:
         if not resume:
             self.cache.reset()
         self._unfed = None
-        for s in range(0, len(ids), self.chunk_size):
-            logits = self.model(self._tensor(ids[s:s + self.chunk_size]), self.cache)
+        s = 0
+        while s < len(ids):  # chunk_size tokens a call, into an empty cache up to the window
+            T = self.cache.call_limit()
+            logits = self.model(self._tensor(ids[s:s + T]), self.cache)
+            s += T
         return logits[0]                                                   # (vocab,)
 
     def snapshot(self) -> object:

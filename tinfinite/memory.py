@@ -11,6 +11,9 @@ key and value in every layer, 2 x layers x kv_heads x head_dim x itemsize bytes)
              (all those slots) in the cache's dtype (kv_dtype; cache.py)
     logits   a chunk's (chunk_size, vocab) logits in float32, and the float32 copy that
              cross-entropy takes (Engine.token_nlls)
+    activations  of the first call into an empty cache, which takes up to the whole window
+             (cache.first_call_tokens): per token ~(4 x hidden_dim + 8 x dim) values in the
+             model's dtype, an upper bound of what was measured (docs/decisions.md)
     grows    top_k_middle keeps every token's slot, in a buffer that doubles (2 x chunk_size
              slots first); attention="full" grows its ring the same way, and its one mask
              with it. While a buffer doubles, the old half is still there. top_k_block adds
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tinfinite.cache import slot_count
+from tinfinite.cache import first_call_tokens, slot_count
 from tinfinite.config import ModelConfig
 from tinfinite.errors import UserError
 from tinfinite.settings import shown
@@ -35,25 +38,30 @@ from tinfinite.settings import shown
 # only when it is on).
 CAUSES = {"cache": ("n_local", "n_global", "chunk_size", "top_k_middle"),
           "mask": ("n_local", "chunk_size", "top_k_middle"), "logits": ("chunk_size",),
+          "activations": ("n_local", "chunk_size"),
           "top-k keys/values": ("top_k_middle",), "top-k block keys": ("top_k_middle",)}
 
 
 def run_bytes(cfg: ModelConfig, *, attention: str, n_local: int, n_global: int,
               chunk_size: int, top_k_middle: int, itemsize: int, tokens: int = 0,
-              top_k_block: int = 0) -> dict:
-    """Bytes of each item above (name -> bytes) for a run of `tokens` tokens (0: not known)."""
+              top_k_block: int = 0, model_itemsize: int = 4) -> dict:
+    """Bytes of each item above (name -> bytes) for a run of `tokens` tokens (0: not known).
+    itemsize: of the cache's dtype; model_itemsize: of the model's."""
     L, Hkv, hd, group = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
     slot = 2 * L * Hkv * hd * itemsize
+    first = first_call_tokens(cfg, cfg.max_position_embeddings if attention == "full" else n_local,
+                              chunk_size)
+    activations = min(tokens or first, first) * (4 * cfg.hidden_dim + 8 * cfg.dim) * model_itemsize
     if attention == "full":
         ring = doubled(2 * chunk_size, tokens)
         return {"cache": slot * ring + copied(slot, 2 * chunk_size, ring) + 8 * ring,
                 "mask": group * chunk_size * ring * itemsize,
-                "logits": 2 * chunk_size * cfg.vocab_size * 4}
+                "logits": 2 * chunk_size * cfg.vocab_size * 4, "activations": activations}
     ring = n_local + chunk_size - 1
     slots = slot_count(ring, n_global, group * top_k_middle)
     need = {"cache": slot * slots + L * Hkv * n_global * hd * itemsize + 8 * ring,
             "mask": Hkv * group * chunk_size * slots * itemsize,
-            "logits": 2 * chunk_size * cfg.vocab_size * 4}
+            "logits": 2 * chunk_size * cfg.vocab_size * 4, "activations": activations}
     if top_k_middle:
         every = doubled(2 * chunk_size, tokens)
         need["top-k keys/values"] = slot * every + copied(slot, 2 * chunk_size, every)

@@ -301,7 +301,7 @@ def estimate_gib(impl: str, dtype: str, ctx: int, cfg, n_params: int) -> float:
             "int4": 2}[dtype.removesuffix(COMPILED)]
     weights = n_params * (0.7 if impl == "llamacpp" else item)
     kv_row = cfg.n_layers * cfg.n_kv_heads * 2 * cfg.head_dim * item
-    if impl == "tinfinite":  # the ring + chunk activations; never more than the window
+    if impl == "tinfinite":  # the ring + a first call's activations; never more than the window
         return (weights + (10 + 8192 + 512) * kv_row * 1.5 + 2**29) / 2**30
     # A vanilla cache holds every position; a one-shot prefill also holds (ctx, hidden) activations.
     acts = ctx * (3 * cfg.hidden_dim + 8 * cfg.dim + 4 * cfg.n_heads * cfg.head_dim) * item

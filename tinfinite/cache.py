@@ -41,7 +41,8 @@ window is an ordinary ring key for that row, and its starting-token column is -i
 start_distance_rule.)
 
 Until some query is n_local tokens past the first one, no key has left any window: a call is
-then exactly vanilla causal attention over the filled ring, with one mask for every head.
+then exactly vanilla causal attention over the filled ring, with one mask for every head; the
+first call, whose keys are its own tokens, needs none (the kernel's causal flag: call_limit).
 
 Memory is reserved once, with torch.empty: pages become resident only as slots are written,
 so a short prompt does not pay for the whole window. A slot is never read before it is
@@ -277,7 +278,6 @@ class FullCache(LambdaCache):
 
     def ring_slots(self) -> int:
         return 2 * self.max_chunk  # to start with
-
 
     def begin(self, T: int) -> torch.Tensor:
         if self.n_seen + T > self.ring:

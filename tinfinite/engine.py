@@ -182,7 +182,9 @@ class Engine:
         self._unfed: int | None = None  # the last generated token, if it is not in the cache
         self._lock = threading.Lock()    # calls take turns (see above)
         self._holder: int | None = None  # the thread whose call holds it
-        self._check_memory()
+        need = self._check_memory()
+        if w.device.type == "cpu":  # what a call allocates and frees again stays in the heap
+            memory.keep_freed(need["activations"] + need["mask"] + need["logits"])
 
     @classmethod
     def load(cls, model_dir: str | Path, *, dtype: str = settings.DTYPE,
@@ -285,7 +287,8 @@ class Engine:
             yield from steps
 
     def _check_memory(self, tokens: int = 0):
-        """Refuse, before allocating, a run of `tokens` tokens (0: not known) that cannot fit."""
+        """Refuse, before allocating, a run of `tokens` tokens (0: not known) that cannot fit;
+        return what it needs (memory.run_bytes)."""
         w = self.model.embed_tokens.weight
         need = memory.run_bytes(self.model.cfg, attention=self.attention, n_local=self.n_local,
                                 n_global=self.n_global, chunk_size=self.chunk_size,
@@ -299,6 +302,7 @@ class Engine:
                               memory.held_bytes(self._cache, on_disk=True), self.top_k_offload,
                               tokens)
         memory.check(need, memory.held_bytes(self._cache), w.device, used, tokens)
+        return need
 
     # --- the calls -----------------------------------------------------------------------------
 

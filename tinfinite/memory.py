@@ -144,6 +144,38 @@ def available_bytes(device: torch.device) -> int | None:
     return None  # unknown (macOS, Windows): let the allocator speak
 
 
+# glibc's mallopt parameters (malloc.h), and the largest mmap threshold it accepts on 64 bits
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+_kept = 0  # the trim threshold set so far, in this process
+
+
+def keep_freed(nbytes: int):
+    """Let the C library keep up to nbytes of freed heap for reuse, where it is glibc.
+
+    Why: glibc hands the top of its heap back to the system whenever more than its trim
+    threshold lies free there (a few MB, raised only as it sees big blocks freed). Each layer
+    of a long call frees its activations, tens of MB, and the next layer then faults the same
+    pages in again, zeroed: 0.1-0.7 million page faults per 4K-token prefill of the default
+    model, depending on where earlier allocations happened to lie (docs/decisions.md, "Freed
+    activations stay in the heap"). Kept, the heap reuses them.
+
+    Setting the trim threshold also stops glibc's own rule that raises its mmap threshold,
+    so that is set too, to the most glibc accepts: blocks up to 32 MB come from the heap,
+    larger ones are mapped for themselves (as they were). For the whole process, and only
+    ever raised: the largest engine made decides. Elsewhere (macOS, musl) nothing happens."""
+    global _kept
+    if nbytes <= _kept:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, min(nbytes, 2**31 - 1))  # an int in C
+        _kept = nbytes
+    except (OSError, AttributeError):  # no such C library function here
+        pass
+
+
 def release_freed():
     """Hand the memory freed so far back to the operating system, where the C library can.
 

@@ -156,9 +156,8 @@ def keep_freed(nbytes: int):
     Why: glibc hands the top of its heap back to the system whenever more than its trim
     threshold lies free there (a few MB, raised only as it sees big blocks freed). Each layer
     of a long call frees its activations, tens of MB, and the next layer then faults the same
-    pages in again, zeroed: 0.1-0.7 million page faults per 4K-token prefill of the default
-    model, depending on where earlier allocations happened to lie (docs/decisions.md, "Freed
-    activations stay in the heap"). Kept, the heap reuses them.
+    pages in again, zeroed, as often as earlier allocations happen to leave the top free
+    (docs/decisions.md, "Freed activations stay in the heap"). Kept, the heap reuses them.
 
     Setting the trim threshold also stops glibc's own rule that raises its mmap threshold,
     so that is set too, to the most glibc accepts: blocks up to 32 MB come from the heap,
